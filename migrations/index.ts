@@ -1,0 +1,26 @@
+import type { Knex } from 'knex';
+import { ledgerMigration } from './20261125_001_ledger.js';
+
+interface GateMigration {
+  up(knex: Knex): Promise<void>;
+  down(knex: Knex): Promise<void>;
+}
+
+/** The gate's own migrations, in order. Names are what knex records in its migrations table. */
+function gateMigrations(schema: string): ReadonlyArray<readonly [string, GateMigration]> {
+  return [['20261125_001_ledger', ledgerMigration(schema)]];
+}
+
+/** A knex migration source over the list above, so the same code runs from src/ (tsx) and dist/. */
+export function gateMigrationSource(schema: string): Knex.MigrationSource<string> {
+  const migrations = new Map(gateMigrations(schema));
+  return {
+    getMigrations: async () => [...migrations.keys()],
+    getMigrationName: (name) => name,
+    getMigration: async (name) => {
+      const migration = migrations.get(name);
+      if (!migration) throw new Error(`Unknown gate migration ${name}`);
+      return migration;
+    },
+  };
+}

@@ -1,0 +1,131 @@
+import { parseTimestamp } from '../time.js';
+import { PLACEHOLDERS } from './render.js';
+import type { ApprovalRequest } from './request.js';
+
+/**
+ * Is this file's decision valid? A pure function of the parsed file, the server's record and the
+ * server's clock. Anything not clearly a valid decision is `invalid` (nothing runs) or `pending`.
+ *
+ * Status must be exactly PENDING, APPROVED or REJECTED: no case folding, no trimming, no typo
+ * correction. `Approved`, ` APPROVED` and `APROVED` are refused with a message, never guessed.
+ */
+
+export type DecisionVerdict =
+  | { readonly kind: 'pending' }
+  | {
+      readonly kind: 'approved';
+      readonly decidedBy: string;
+      readonly claimedDecidedAt: string | null;
+      readonly comment: string | null;
+    }
+  | {
+      readonly kind: 'rejected';
+      readonly decidedBy: string;
+      readonly claimedDecidedAt: string | null;
+      readonly reason: string;
+    }
+  | { readonly kind: 'invalid'; readonly code: string; readonly message: string };
+
+export interface DecisionInput {
+  readonly data: Readonly<Record<string, unknown>>;
+  readonly body: string;
+  readonly request: ApprovalRequest;
+  readonly now: Date;
+}
+
+const NAME_PLACEHOLDERS = new Set(
+  ['your name', 'name', '<name>', '<your name>', 'todo', 'tbd', 'n/a', 'none', 'null', PLACEHOLDERS.decidedBy].map((s) =>
+    s.toLowerCase(),
+  ),
+);
+
+const TEXT_PLACEHOLDERS = new Set(
+  [PLACEHOLDERS.comments, 'todo', 'tbd', 'n/a', 'none', '-', '(none)', 'reason', 'your reason'].map((s) => s.toLowerCase()),
+);
+
+function invalid(code: string, message: string): DecisionVerdict {
+  return { kind: 'invalid', code, message };
+}
+
+function meaningful(value: unknown, placeholders: ReadonlySet<string>): string | null {
+  if (typeof value !== 'string') return null;
+  const text = value.trim();
+  if (text === '' || placeholders.has(text.toLowerCase())) return null;
+  return text;
+}
+
+/** The text after **Comments:** in the Approval Decision section, if a human wrote any. */
+export function commentsFromBody(body: string): string | null {
+  const section = /^## Approval Decision[ \t]*$([\s\S]*?)(?=^## |^---[ \t]*$|(?![\s\S]))/m.exec(body);
+  if (!section) return null;
+  const line = /^\*\*Comments:\*\*[ \t]*(.*)$/m.exec(section[1] ?? '');
+  return meaningful(line?.[1] ?? null, TEXT_PLACEHOLDERS);
+}
+
+const STATUSES = ['PENDING', 'APPROVED', 'REJECTED'] as const;
+
+export function evaluateDecision({ data, body, request, now }: DecisionInput): DecisionVerdict {
+  if (data.id !== request.id) {
+    return invalid(
+      'ID_MISMATCH',
+      `The front matter says id ${JSON.stringify(data.id)}, but this file is request ${request.id}. Restore id: "${request.id}".`,
+    );
+  }
+  const status = data.status;
+  if (status === 'PENDING') return { kind: 'pending' };
+  if (status === 'EXPIRED') {
+    return invalid('STATUS_EXPIRED_BY_HAND', 'Only the server sets EXPIRED. Use REJECTED (with a reason) to turn a request down.');
+  }
+  if (typeof status !== 'string' || !(STATUSES as readonly string[]).includes(status)) {
+    const shown = JSON.stringify(status);
+    const near =
+      typeof status === 'string' && STATUSES.find((s) => s === status.trim().toUpperCase())
+        ? ` Did you mean "${status.trim().toUpperCase()}"? Write it exactly, in capitals.`
+        : '';
+    return invalid(
+      'STATUS_INVALID',
+      `status ${shown} is not one of PENDING, APPROVED, REJECTED.${near} Nothing was executed; correct it and save again.`,
+    );
+  }
+  if (now.getTime() > Date.parse(request.expires_at)) {
+    return invalid(
+      'DECISION_TOO_LATE',
+      `The request expired at ${request.expires_at}; a decision seen after that is not accepted. Nothing was executed.`,
+    );
+  }
+  const decidedBy = meaningful(data.decided_by, NAME_PLACEHOLDERS);
+  if (decidedBy === null) {
+    return invalid(
+      'DECIDED_BY_MISSING',
+      `${status} needs your name in decided_by (not empty, not a placeholder). Nothing was executed.`,
+    );
+  }
+  if (decidedBy.toLowerCase() === request.requested_by.trim().toLowerCase()) {
+    return invalid(
+      'SELF_APPROVAL',
+      `decided_by "${decidedBy}" is the identity that requested this change; a different person must decide.`,
+    );
+  }
+  let claimedDecidedAt: string | null = null;
+  if (data.decided_at !== undefined && data.decided_at !== null && data.decided_at !== '') {
+    if (typeof data.decided_at !== 'string' || parseTimestamp(data.decided_at) === null) {
+      return invalid(
+        'DECIDED_AT_INVALID',
+        `decided_at ${JSON.stringify(data.decided_at)} is not an ISO 8601 time like 2026-02-13T09:05:00; fix it or leave it empty.`,
+      );
+    }
+    claimedDecidedAt = data.decided_at;
+  }
+  const reason =
+    meaningful(data.reason, TEXT_PLACEHOLDERS) ?? meaningful(data.comments, TEXT_PLACEHOLDERS) ?? commentsFromBody(body);
+  if (status === 'REJECTED') {
+    if (reason === null) {
+      return invalid(
+        'REJECTION_REASON_MISSING',
+        'REJECTED needs a reason: fill in reason: "…" in the front matter or the **Comments:** line. Nothing was executed.',
+      );
+    }
+    return { kind: 'rejected', decidedBy, claimedDecidedAt, reason };
+  }
+  return { kind: 'approved', decidedBy, claimedDecidedAt, comment: reason };
+}

@@ -1,0 +1,241 @@
+import { Document, Scalar, YAMLMap } from 'yaml';
+import { stringifyFrontMatter } from './frontmatter.js';
+import type { ApprovalRequest, Decision } from './request.js';
+
+/** What the server computed about the SQL, shown beside the agent's own words. */
+export interface StatementSummary {
+  readonly kind: string;
+  readonly relations: readonly string[];
+  readonly transactional: boolean;
+}
+
+export interface RenderContext {
+  readonly statements: readonly StatementSummary[];
+  readonly lockTimeoutMs: number;
+  readonly statementTimeoutMs: number;
+  /** Name of this MCP server as written in the Execution Command block. */
+  readonly serverName: string;
+}
+
+/** Placeholders the file ships with; the gate never takes them for a human's words. */
+export const PLACEHOLDERS = {
+  decidedBy: '(awaiting human decision)',
+  comments: '(add comments here)',
+} as const;
+
+export const RESULT_MARKER = '<!-- approval-gate: outcome -->';
+
+function fence(language: string, text: string): string {
+  const longest = Math.max(2, ...[...text.matchAll(/`+/g)].map((m) => m[0].length));
+  const ticks = '`'.repeat(longest + 1);
+  return `${ticks}${language}\n${text.replace(/\n$/, '')}\n${ticks}`;
+}
+
+function blockScalar(value: string): Scalar {
+  const node = new Scalar(value);
+  node.type = Scalar.BLOCK_LITERAL;
+  return node;
+}
+
+/**
+ * The Execution Command block: the exact parameters the server will run, as YAML. The tamper check
+ * compares this block with the canonical record; the Preview sections are display only.
+ */
+export function renderExecutionCommand(request: ApprovalRequest, serverName: string): string {
+  const { command } = request;
+  const parameters = new YAMLMap();
+  parameters.set('environment', command.environment);
+  parameters.set('database', command.database);
+  if (command.migration_file !== null) parameters.set('migration_file', command.migration_file);
+  parameters.set('sql', blockScalar(command.sql));
+  if (command.rollback_sql !== null) parameters.set('rollback_sql', blockScalar(command.rollback_sql));
+  parameters.set('dry_run', command.dry_run);
+  parameters.set('backup_before', command.backup_before);
+  const document = new Document({ mcp_server: serverName, method: 'execute_migration' });
+  (document.contents as YAMLMap).set('parameters', parameters);
+  return document.toString({ defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN', lineWidth: 0 });
+}
+
+function minutesBetween(from: string, to: string): number {
+  return Math.round((Date.parse(to) - Date.parse(from)) / 60_000);
+}
+
+function statementTable(statements: readonly StatementSummary[]): string {
+  const rows = statements.map(
+    (s, i) =>
+      `| ${i + 1} | ${s.kind.replace(/Stmt$/, '')} | ${s.relations.length > 0 ? s.relations.map((r) => `\`${r}\``).join(', ') : '—'} | ${s.transactional ? 'yes' : 'NO'} |`,
+  );
+  return ['| # | Statement | Relations | In transaction |', '|---|---|---|---|', ...rows].join('\n');
+}
+
+export function renderApprovalFile(request: ApprovalRequest, context: RenderContext): string {
+  const { command } = request;
+  const minutes = minutesBetween(request.created_at, request.expires_at);
+  const relations = [...new Set(context.statements.flatMap((s) => s.relations))];
+  const mode = command.dry_run
+    ? 'DRY RUN: the statements run in a transaction that is then rolled back; nothing is kept.'
+    : 'The statements run in one transaction and are committed together, or not at all.';
+  const frontMatter = stringifyFrontMatter({
+    id: request.id,
+    created_at: request.created_at,
+    status: 'PENDING',
+    action_type: 'api_call',
+    priority: request.priority,
+    expires_at: request.expires_at,
+    requested_by: request.requested_by,
+    environment: command.environment,
+    database: command.database,
+    request_hash: request.request_hash,
+    decided_by: '',
+    decided_at: '',
+    reason: '',
+  });
+  const rollback = command.rollback_sql
+    ? fence('sql', command.rollback_sql)
+    : '_No rollback SQL was provided: undoing this change would need new SQL written by hand._';
+
+  return `---
+${frontMatter}---
+
+# Approval Request: ${request.title}
+
+## Proposed Action
+
+**Type:** api_call (database migration)
+**Target:** ${command.environment} environment, database \`${command.database}\`${relations.length > 0 ? ` (${relations.map((r) => `\`${r}\``).join(', ')})` : ''}
+**Requested By:** ${request.requested_by}
+**Mode:** ${command.dry_run ? 'dry run (rolled back)' : 'execute and commit'}
+
+### Action Details
+
+${request.title}. ${mode}
+
+### Execution Command
+
+This block is what the server will run. It keeps its own copy of it; editing the SQL here does not
+change what runs.
+
+${fence('yaml', renderExecutionCommand(request, context.serverName))}
+
+## Reasoning
+
+### Context
+
+${request.reason}
+
+### Why This Action?
+
+The reasoning above is the requesting agent's own; the server has not verified it.
+
+### Expected Outcome
+
+${mode} ${context.statements.length} statement${context.statements.length === 1 ? '' : 's'}, as read by the server's Postgres parser:
+
+${statementTable(context.statements)}
+
+## Risk Analysis
+
+### Impact Assessment
+
+- **Impact Level:** ${request.priority}
+- **Reversibility:** ${command.rollback_sql ? 'reversible (rollback SQL provided; it runs only through a new approval)' : 'NOT reversible by script (no rollback SQL provided)'}
+- **Scope:** ${command.environment} / ${command.database}
+- **Backup before execution:** ${command.backup_before ? 'requested' : 'not requested'}
+
+### Potential Risks
+
+- Every statement takes the locks Postgres needs for it; while one waits for a lock longer than
+  ${context.lockTimeoutMs} ms the migration fails and rolls back instead of queueing other sessions.
+- Any statement running longer than ${context.statementTimeoutMs} ms is cancelled and everything rolls back.
+
+### Safeguards
+
+- Runs only after a valid human decision in this file, before ${request.expires_at}.
+- Runs from the server's own record of this request (hash \`${request.request_hash}\`), never from text re-read from this file.
+- Runs at most once: the ledger row is written in the same transaction as the migration.
+- One transaction with \`lock_timeout = ${context.lockTimeoutMs}ms\` and \`statement_timeout = ${context.statementTimeoutMs}ms\`; any error rolls everything back.
+
+## Compliance & Policy
+
+- **Approval Authority Required:** human (every call of \`execute_migration\` requires one)
+- **Self-approval:** not accepted (\`decided_by\` must not be \`${request.requested_by}\`)
+
+## Preview
+
+### Migration SQL
+${fence('sql', command.sql)}
+
+### Rollback SQL
+${rollback}
+
+### Impact Analysis
+- **Affected Relations:** ${relations.length > 0 ? relations.map((r) => `\`${r}\``).join(', ') : 'none named'}
+- **Statements:** ${context.statements.length}${command.migration_file ? `\n- **Migration File:** \`${command.migration_file}\`` : ''}
+
+## Approval Decision
+
+**Status:** PENDING
+**Decided By:** ${PLACEHOLDERS.decidedBy}
+**Decided At:** ${PLACEHOLDERS.decidedBy}
+**Comments:** ${PLACEHOLDERS.comments}
+
+### If APPROVED:
+- The migration runs at once, ${command.dry_run ? 'and is rolled back (dry run)' : 'in one transaction'}
+- The outcome is appended to this file and returned to the agent
+
+### If REJECTED:
+- Nothing runs
+- The agent is told your reason
+
+### If EXPIRED:
+- At ${request.expires_at} (${minutes} minutes after the request) an undecided request expires, by the server's clock
+- Nothing runs; the agent must submit a new request if still needed
+
+---
+
+## Human Instructions
+
+**⚠️ ${command.environment.toUpperCase()} database change (${request.priority} priority)**
+
+Decide in the front matter at the top of this file (the Status line above is only a display).
+
+**To approve this action:**
+1. Review the Migration SQL and the Expected Outcome table
+2. Change \`status: "PENDING"\` to \`status: "APPROVED"\` (exactly, in capitals)
+3. Fill in your name: \`decided_by: "Your Name"\` (not \`${request.requested_by}\`)
+4. Optionally fill in \`decided_at\`; the server records its own time of your decision
+5. Save the file
+
+**To reject this action:**
+1. Change \`status: "PENDING"\` to \`status: "REJECTED"\`
+2. Fill in your name: \`decided_by: "Your Name"\`
+3. **REQUIRED:** give a reason in \`reason: "…"\` or on the **Comments:** line above
+4. Save the file
+
+**Note:** Decisions after ${request.expires_at} are not accepted. The server notices a save within
+milliseconds; a decision it cannot accept (a typo in the status, a missing name or reason) executes
+nothing and is explained in \`gate_error\` in the front matter, so you can correct it and save again.
+`;
+}
+
+export interface OutcomeSection {
+  readonly decision: Decision;
+  readonly summary: string;
+  readonly details: readonly string[];
+}
+
+/** The section the server appends once a request is final. */
+export function renderOutcomeSection(outcome: OutcomeSection): string {
+  const { decision } = outcome;
+  const lines = [
+    '',
+    RESULT_MARKER,
+    '## Outcome',
+    '',
+    `**Decision:** ${decision.status}${decision.decided_by ? ` by ${decision.decided_by}` : ' (by the server clock)'} at ${decision.decided_at}`,
+    `**Result:** ${outcome.summary}`,
+    ...outcome.details.map((line) => `- ${line}`),
+    '',
+  ];
+  return lines.join('\n');
+}

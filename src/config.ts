@@ -1,0 +1,183 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { GateError } from './errors.js';
+
+export const PRIORITIES = ['critical', 'high', 'medium', 'low'] as const;
+export const Priority = z.enum(PRIORITIES);
+export type Priority = z.infer<typeof Priority>;
+
+const identifier = z
+  .string()
+  .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier (letters, digits, underscore)');
+
+const PgDatabase = z
+  .object({
+    client: z.literal('pg'),
+    connection_env: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be the NAME of an environment variable, not a connection string')
+      .describe('Name of the environment variable holding the connection string. The string itself never goes in config.'),
+  })
+  .strict();
+
+const PgliteDatabase = z
+  .object({
+    client: z.literal('pglite'),
+    path: z
+      .string()
+      .min(1)
+      .describe('Data directory of the embedded database, relative to this config file, or "memory://".'),
+  })
+  .strict();
+
+export const DatabaseConfig = z.discriminatedUnion('client', [PgDatabase, PgliteDatabase]);
+export type DatabaseConfig = z.infer<typeof DatabaseConfig>;
+
+const EnvironmentConfig = z
+  .object({
+    databases: z.array(z.string().min(1)).min(1).describe('Logical database names this environment may target.'),
+  })
+  .strict();
+
+const minutes = z.number().positive().max(7 * 24 * 60);
+
+export const ConfigSchema = z
+  .object({
+    $schema: z.string().optional(),
+    approvals_dir: z
+      .string()
+      .min(1)
+      .default('approvals')
+      .describe('Directory of the Markdown approval files humans edit, relative to this config file.'),
+    state_dir: z
+      .string()
+      .min(1)
+      .default('.approval-gate')
+      .describe(
+        "Directory of the server's own canonical records and decisions (mode 0700). Not for humans to edit.",
+      ),
+    requested_by: z
+      .string()
+      .min(1)
+      .default('agent')
+      .describe('Identity written as requested_by; this identity may never approve its own request.'),
+    ledger_schema: identifier
+      .default('approval_gate')
+      .describe("Postgres schema of the gate's own tables (ledger) on each target database."),
+    databases: z.record(z.string().min(1), DatabaseConfig),
+    environments: z.record(z.string().min(1), EnvironmentConfig),
+    expiry_minutes: z
+      .object({
+        critical: minutes.default(15),
+        high: minutes.default(60),
+        medium: minutes.default(240),
+        low: minutes.default(1440),
+      })
+      .strict()
+      .default({ critical: 15, high: 60, medium: 240, low: 1440 })
+      .describe('Minutes a request waits for a human before it expires, per priority.'),
+    wait: z
+      .object({
+        max_wait_seconds: z.number().positive().max(3600).default(50),
+        progress_interval_seconds: z.number().positive().max(60).default(5),
+      })
+      .strict()
+      .default({ max_wait_seconds: 50, progress_interval_seconds: 5 })
+      .describe('How long one tool call waits for a decision before returning PENDING (clients cancel at ~60 s).'),
+    gate: z
+      .object({
+        recheck_interval_ms: z.number().int().min(100).max(600_000).default(5000),
+      })
+      .strict()
+      .default({ recheck_interval_ms: 5000 })
+      .describe('Safety-net re-read of pending files; file-system events are the fast path.'),
+    executor: z
+      .object({
+        lock_timeout_ms: z.number().int().min(1).max(600_000).default(3000),
+        statement_timeout_ms: z.number().int().min(1).max(86_400_000).default(600_000),
+      })
+      .strict()
+      .default({ lock_timeout_ms: 3000, statement_timeout_ms: 600_000 }),
+  })
+  .strict()
+  .superRefine((config, ctx) => {
+    for (const [name, environment] of Object.entries(config.environments)) {
+      for (const database of environment.databases) {
+        if (!(database in config.databases)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['environments', name, 'databases'],
+            message: `names database "${database}", which is not defined under databases`,
+          });
+        }
+      }
+    }
+  });
+
+export type ConfigInput = z.input<typeof ConfigSchema>;
+export type ParsedConfig = z.infer<typeof ConfigSchema>;
+
+/** The parsed config with every path made absolute against the config file's directory. */
+export interface Config extends ParsedConfig {
+  readonly configPath: string | null;
+  readonly approvalsDir: string;
+  readonly stateDir: string;
+}
+
+export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {
+  return issues
+    .map((issue) => {
+      const where = issue.path.length > 0 ? issue.path.join('.') : '(top level)';
+      return `  - ${where}: ${issue.message}`;
+    })
+    .join('\n');
+}
+
+/** Validates an already-read config object. `baseDir` anchors relative paths. */
+export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
+  const result = ConfigSchema.safeParse(input);
+  if (!result.success) {
+    throw new GateError(
+      'CONFIG_INVALID',
+      `The config${configPath ? ` at ${configPath}` : ''} is not valid:\n${formatIssues(result.error.issues)}`,
+    );
+  }
+  const parsed = result.data;
+  const databases: Record<string, DatabaseConfig> = {};
+  for (const [name, database] of Object.entries(parsed.databases)) {
+    databases[name] =
+      database.client === 'pglite' && database.path !== 'memory://'
+        ? { ...database, path: path.resolve(baseDir, database.path) }
+        : database;
+  }
+  return {
+    ...parsed,
+    databases,
+    configPath,
+    approvalsDir: path.resolve(baseDir, parsed.approvals_dir),
+    stateDir: path.resolve(baseDir, parsed.state_dir),
+  };
+}
+
+/** Reads and validates a YAML (or JSON) config file; every problem is reported in one message. */
+export function loadConfig(configPath: string): Config {
+  const absolute = path.resolve(configPath);
+  let text: string;
+  try {
+    text = readFileSync(absolute, 'utf8');
+  } catch (error) {
+    throw new GateError('CONFIG_UNREADABLE', `Cannot read the config file ${absolute}.`, { cause: error });
+  }
+  let data: unknown;
+  try {
+    data = parseYaml(text, { schema: 'core', uniqueKeys: true, prettyErrors: true });
+  } catch (error) {
+    throw new GateError(
+      'CONFIG_INVALID',
+      `The config at ${absolute} is not valid YAML: ${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+  return parseConfig(data, path.dirname(absolute), absolute);
+}

@@ -1,0 +1,35 @@
+import { z } from 'zod';
+
+export const ExecutionError = z.object({
+  sqlstate: z.string().nullable().describe('Postgres SQLSTATE code, e.g. 42P07; null when the error came from elsewhere.'),
+  message: z.string(),
+  detail: z.string().nullable(),
+  hint: z.string().nullable(),
+  statement: z.number().int().nullable().describe('1-based number of the failing statement.'),
+  line: z.number().int().nullable().describe('1-based line in the submitted SQL where Postgres points.'),
+  column: z.number().int().nullable(),
+});
+export type ExecutionError = z.infer<typeof ExecutionError>;
+
+export const StatementOutcome = z.object({
+  statement: z.number().int().describe('1-based number of the statement.'),
+  kind: z.string().describe('Parse-tree kind, e.g. AlterTableStmt.'),
+  rows_affected: z.number().int().nullable(),
+});
+
+/**
+ * What the executor did. `succeeded`: committed. `failed`: an error occurred, the transaction was
+ * rolled back, nothing changed. `rolled_back`: a dry run: every statement ran and was rolled back.
+ */
+export const ExecutionResult = z.object({
+  state: z.enum(['succeeded', 'failed', 'rolled_back']),
+  dry_run: z.boolean(),
+  started_at: z.string(),
+  finished_at: z.string(),
+  duration_ms: z.number().int(),
+  rows_affected: z.number().int().nullable(),
+  statements: z.array(StatementOutcome),
+  error: ExecutionError.nullable(),
+  executed_by: z.string().describe('host:pid of the server instance that ran it.'),
+});
+export type ExecutionResult = z.infer<typeof ExecutionResult>;

@@ -1,0 +1,442 @@
+import { EventEmitter } from 'node:events';
+import path from 'node:path';
+import type { Knex } from 'knex';
+import { z } from 'zod';
+import { Gate, type DecisionProblem } from './approvals/gate.js';
+import { updateFrontMatter, type FrontMatterValue } from './approvals/frontmatter.js';
+import { renderApprovalFile, renderOutcomeSection, RESULT_MARKER } from './approvals/render.js';
+import { hashCommand, type ApprovalRequest, type Decision, type MigrationCommand } from './approvals/request.js';
+import { ApprovalStore } from './approvals/store.js';
+import { Priority, type Config } from './config.js';
+import { openDatabase } from './db.js';
+import { describeError, GateError } from './errors.js';
+import type { Logger } from './log.js';
+import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
+import { Executor } from './migration/execute.js';
+import type { ExecutionResult } from './migration/result.js';
+import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
+
+/** What an agent submits. One zod schema: the MCP input schema and validation both come from it. */
+export const MigrationRequestInput = z.object({
+  environment: z
+    .string()
+    .min(1)
+    .max(100)
+    .describe('Target environment as named in the server config, e.g. "staging" or "production".'),
+  database: z
+    .string()
+    .min(1)
+    .max(100)
+    .describe('Logical database name from the server config, e.g. "main_db". Never a connection string.'),
+  migration_file: z
+    .string()
+    .min(1)
+    .max(500)
+    .optional()
+    .describe('Repository-relative path of the migration this SQL comes from, shown to the reviewer. The SQL that runs is `sql`.'),
+  sql: z
+    .string()
+    .min(1)
+    .max(100_000)
+    .describe(
+      'The exact SQL to run: one or more statements separated by semicolons. They run in ONE transaction, ' +
+        'so do not include BEGIN/COMMIT. Statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY, VACUUM) are refused.',
+    ),
+  rollback_sql: z
+    .string()
+    .min(1)
+    .max(100_000)
+    .optional()
+    .describe('SQL that undoes this migration, shown to the reviewer. It is never run automatically.'),
+  dry_run: z
+    .boolean()
+    .default(false)
+    .describe('true: after approval, run the SQL in a transaction and roll it back, reporting what happened.'),
+  backup_before: z
+    .boolean()
+    .default(false)
+    .describe('true: back up affected tables before running. Not supported yet: requests with true are refused.'),
+  title: z.string().min(3).max(200).describe('One line a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
+  reason: z
+    .string()
+    .min(10)
+    .max(10_000)
+    .describe('Why this change is needed and what it is expected to do; shown to the reviewer as your reasoning.'),
+  priority: Priority.default('medium').describe(
+    'critical | high | medium | low. Sets how long a human has to decide (critical: 15 minutes by default).',
+  ),
+});
+export type MigrationRequestInput = z.input<typeof MigrationRequestInput>;
+
+export type ExecutionState = 'not_started' | 'running' | 'unknown' | ExecutionResult['state'];
+
+export interface ApprovalStatus {
+  readonly request: ApprovalRequest;
+  readonly file: string;
+  readonly decision: Decision | null;
+  readonly problem: DecisionProblem | null;
+  readonly execution: ExecutionState;
+  readonly result: ExecutionResult | null;
+  /** Why the outcome is unknown or why execution could not start, when it is. */
+  readonly executionError: string | null;
+  /** True when nothing more will happen to this request. */
+  readonly final: boolean;
+}
+
+export interface PipelineOptions {
+  readonly clock?: Clock;
+  readonly log: Logger;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly serverName?: string;
+}
+
+interface Target {
+  readonly knex: Knex;
+  readonly executor: Executor;
+}
+
+type LocalExecution =
+  | { readonly state: 'running' }
+  | { readonly state: 'done'; readonly result: ExecutionResult }
+  | { readonly state: 'unknown' | 'not_started'; readonly error: string };
+
+function validateMigrationFile(file: string | undefined): string | null {
+  if (file === undefined) return null;
+  const normalised = file.replaceAll('\\', '/');
+  if (
+    file.includes('\0') ||
+    path.isAbsolute(file) ||
+    /^[A-Za-z]:/.test(file) ||
+    normalised.split('/').some((segment) => segment === '..')
+  ) {
+    throw new GateError(
+      'MIGRATION_FILE_INVALID',
+      `migration_file "${file.replaceAll('\0', '\\0')}" must be a relative path inside the repository (no "..", not absolute).`,
+    );
+  }
+  return normalised;
+}
+
+/**
+ * The whole pipeline of DESIGN.md: request → approval store → gate → executor → result. The MCP
+ * server and the CLI are thin shells over it.
+ */
+export class Pipeline {
+  readonly config: Config;
+  readonly #store: ApprovalStore;
+  readonly #gate: Gate;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #env: NodeJS.ProcessEnv;
+  readonly #serverName: string;
+  readonly #targets = new Map<string, Target>();
+  readonly #executions = new Map<string, LocalExecution>();
+  readonly #events = new EventEmitter();
+
+  private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
+    this.config = config;
+    this.#store = store;
+    this.#clock = options.clock ?? systemClock;
+    this.#log = options.log;
+    this.#env = options.env ?? process.env;
+    this.#serverName = options.serverName ?? 'approval-gate';
+    this.#events.setMaxListeners(0);
+    this.#gate = new Gate({
+      store,
+      clock: this.#clock,
+      log: this.#log,
+      recheckIntervalMs: config.gate.recheck_interval_ms,
+      onDecision: (request, decision) => this.#onDecision(request, decision),
+    });
+    this.#gate.events.on('changed', (id: string) => this.#events.emit(id));
+  }
+
+  /** Opens the store, starts the gate and resumes every request left undecided or unexecuted. */
+  static async open(config: Config, options: PipelineOptions): Promise<Pipeline> {
+    const store = await ApprovalStore.open(config.approvalsDir, config.stateDir);
+    const pipeline = new Pipeline(config, store, options);
+    pipeline.#gate.start();
+    await pipeline.#resume();
+    return pipeline;
+  }
+
+  async close(): Promise<void> {
+    this.#gate.stop();
+    await Promise.all([...this.#targets.values()].map((target) => target.knex.destroy()));
+    this.#targets.clear();
+  }
+
+  #target(database: string): Target {
+    let target = this.#targets.get(database);
+    if (!target) {
+      const databaseConfig = this.config.databases[database];
+      if (!databaseConfig) throw new GateError('DATABASE_UNKNOWN', `Database "${database}" is not configured.`);
+      const knex = openDatabase(database, databaseConfig, this.#env);
+      target = {
+        knex,
+        executor: new Executor(knex, {
+          ledgerSchema: this.config.ledger_schema,
+          lockTimeoutMs: this.config.executor.lock_timeout_ms,
+          statementTimeoutMs: this.config.executor.statement_timeout_ms,
+        }),
+      };
+      this.#targets.set(database, target);
+    }
+    return target;
+  }
+
+  /** Validates, analyses and stores a request; nothing runs until a human approves it. */
+  async submit(raw: MigrationRequestInput): Promise<{ request: ApprovalRequest; analysis: Analysis }> {
+    const parsed = MigrationRequestInput.safeParse(raw);
+    if (!parsed.success) {
+      throw new GateError('REQUEST_INVALID', `The request is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    }
+    const input = parsed.data;
+    const environment = this.config.environments[input.environment];
+    if (!environment) {
+      throw new GateError(
+        'ENVIRONMENT_UNKNOWN',
+        `Environment "${input.environment}" is not configured. Allowed: ${Object.keys(this.config.environments).join(', ')}.`,
+      );
+    }
+    if (!environment.databases.includes(input.database)) {
+      throw new GateError(
+        'DATABASE_NOT_ALLOWED',
+        `Environment "${input.environment}" does not include database "${input.database}". Allowed: ${environment.databases.join(', ')}.`,
+      );
+    }
+    const migrationFile = validateMigrationFile(input.migration_file);
+    if (input.backup_before) {
+      throw new GateError(
+        'BACKUP_UNSUPPORTED',
+        'backup_before: true was requested, but this server cannot make backups yet. Nothing was written; ' +
+          'resubmit with backup_before: false if a backup is not required, or take one by hand first.',
+      );
+    }
+    const analysis = await analyseSql(input.sql);
+    assertExecutable(analysis);
+    if (input.rollback_sql !== undefined) {
+      await analyseSql(input.rollback_sql).catch((error: unknown) => {
+        throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
+      });
+    }
+    // Refuse now, not after a human has spent time, when the target cannot be reached.
+    await this.#target(input.database).executor.prepare();
+
+    const created = wholeSeconds(this.#clock());
+    const expires = new Date(created.getTime() + this.config.expiry_minutes[input.priority] * 60_000);
+    const command: MigrationCommand = {
+      environment: input.environment,
+      database: input.database,
+      migration_file: migrationFile,
+      sql: input.sql,
+      rollback_sql: input.rollback_sql ?? null,
+      dry_run: input.dry_run,
+      backup_before: input.backup_before,
+    };
+    const request = await this.#store.create(
+      {
+        created_at: formatTimestamp(created),
+        expires_at: formatTimestamp(expires),
+        requested_by: this.config.requested_by,
+        priority: input.priority,
+        title: input.title,
+        reason: input.reason,
+        command,
+        request_hash: hashCommand(command),
+      },
+      (request) =>
+        renderApprovalFile(request, {
+          statements: analysis.statements,
+          lockTimeoutMs: this.config.executor.lock_timeout_ms,
+          statementTimeoutMs: this.config.executor.statement_timeout_ms,
+          serverName: this.#serverName,
+        }),
+    );
+    this.#log.info(
+      { approval_id: request.id, environment: command.environment, database: command.database, expires_at: request.expires_at },
+      'approval requested',
+    );
+    this.#gate.track(request);
+    return { request, analysis };
+  }
+
+  filePath(id: string): string {
+    return this.#store.filePath(id);
+  }
+
+  async status(id: string): Promise<ApprovalStatus> {
+    const request = await this.#store.readRequest(id);
+    if (!request) {
+      throw new GateError('APPROVAL_NOT_FOUND', `No approval request ${id} was issued by this server.`);
+    }
+    const decision = await this.#store.readDecision(id);
+    const base = { request, file: this.#store.filePath(id), decision, problem: this.#gate.problem(id) };
+    if (!decision) {
+      return { ...base, execution: 'not_started', result: null, executionError: null, final: false };
+    }
+    if (decision.status !== 'APPROVED') {
+      return { ...base, execution: 'not_started', result: null, executionError: null, final: true };
+    }
+    const local = this.#executions.get(id);
+    if (local?.state === 'done') {
+      return { ...base, execution: local.result.state, result: local.result, executionError: null, final: true };
+    }
+    const recorded = await this.#target(request.command.database)
+      .executor.lookup(id)
+      .catch(() => null);
+    if (recorded) {
+      return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
+    }
+    if (local?.state === 'unknown' || local?.state === 'not_started') {
+      return { ...base, execution: local.state === 'unknown' ? 'unknown' : 'failed', result: null, executionError: local.error, final: true };
+    }
+    return { ...base, execution: 'running', result: null, executionError: null, final: false };
+  }
+
+  /**
+   * Waits until the request is final or `timeoutMs` passes, whichever comes first, calling
+   * `onTick` every `tickMs` meanwhile. Returns the status at that moment.
+   */
+  async waitForFinal(
+    id: string,
+    options: { timeoutMs: number; tickMs: number; signal?: AbortSignal; onTick?: (status: ApprovalStatus, elapsedMs: number) => Promise<void> },
+  ): Promise<ApprovalStatus> {
+    const start = Date.now();
+    let status = await this.status(id);
+    while (!status.final && !options.signal?.aborted) {
+      const elapsed = Date.now() - start;
+      const left = options.timeoutMs - elapsed;
+      if (left <= 0) break;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          this.#events.off(id, done);
+          options.signal?.removeEventListener('abort', done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.min(left, options.tickMs));
+        this.#events.on(id, done);
+        options.signal?.addEventListener('abort', done);
+      });
+      status = await this.status(id);
+      if (!status.final && options.onTick) await options.onTick(status, Date.now() - start);
+    }
+    return status;
+  }
+
+  async #resume(): Promise<void> {
+    for (const id of await this.#store.listRequestIds()) {
+      const request = await this.#store.readRequest(id);
+      if (!request) continue;
+      const decision = await this.#store.readDecision(id);
+      if (!decision) {
+        this.#gate.track(request);
+        continue;
+      }
+      const file = await this.#store.readApprovalFile(id);
+      if (file.kind === 'ok' && file.text.includes(RESULT_MARKER)) continue;
+      this.#log.info({ approval_id: id, status: decision.status }, 'resuming a decided request whose outcome was not written');
+      void this.#onDecision(request, decision);
+    }
+  }
+
+  async #writeToFile(id: string, fields: Record<string, FrontMatterValue>, section?: string): Promise<void> {
+    try {
+      const written = await this.#store.updateApprovalFile(id, (text) => {
+        const updated = updateFrontMatter(text, fields);
+        return section === undefined || updated.includes(RESULT_MARKER) ? updated : `${updated.replace(/\n*$/, '\n')}${section}`;
+      });
+      if (!written) this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
+    } catch (error) {
+      this.#log.error({ approval_id: id, err: describeError(error) }, 'could not write the outcome into the approval file');
+    }
+  }
+
+  async #onDecision(request: ApprovalRequest, decision: Decision): Promise<void> {
+    const { id } = request;
+    if (decision.status === 'REJECTED') {
+      await this.#writeToFile(
+        id,
+        { gate_error: undefined, execution: 'not_started' },
+        renderOutcomeSection({ decision, summary: 'Rejected; nothing was executed.', details: [`Reason: ${decision.reason ?? ''}`] }),
+      );
+    } else if (decision.status === 'EXPIRED') {
+      await this.#writeToFile(
+        id,
+        { status: 'EXPIRED', gate_error: undefined, execution: 'not_started' },
+        renderOutcomeSection({ decision, summary: 'Expired without a valid decision; nothing was executed.', details: [] }),
+      );
+    } else {
+      await this.#execute(request, decision);
+    }
+    this.#events.emit(id);
+  }
+
+  async #execute(request: ApprovalRequest, decision: Decision): Promise<void> {
+    const { id, command } = request;
+    if (this.#executions.has(id)) return;
+    this.#executions.set(id, { state: 'running' });
+    this.#events.emit(id);
+    await this.#writeToFile(id, { gate_error: undefined, execution: 'running', execution_started_at: formatTimestamp(this.#clock()) });
+    this.#log.info({ approval_id: id, database: command.database, dry_run: command.dry_run }, 'execution started');
+    let result: ExecutionResult;
+    try {
+      // From the canonical record, never from the file.
+      const analysis = await analyseSql(command.sql);
+      result = await this.#target(command.database).executor.run({
+        approvalId: id,
+        requestHash: request.request_hash,
+        sql: command.sql,
+        statements: analysis.statements,
+        dryRun: command.dry_run,
+      });
+    } catch (error) {
+      const certain = error instanceof GateError && (error.code === 'LEDGER_UNAVAILABLE' || error.code === 'LEDGER_CONFLICT');
+      const message = describeError(error);
+      this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
+      this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
+      await this.#writeToFile(
+        id,
+        { execution: certain ? 'failed' : 'unknown', execution_error: message },
+        renderOutcomeSection({
+          decision,
+          summary: certain
+            ? 'Not executed: the database could not be reached or the ledger refused it.'
+            : `Outcome UNKNOWN: the connection failed during execution. Check ${this.config.ledger_schema}.ledger for ${id} before doing anything else.`,
+          details: [`Error: ${message}`],
+        }),
+      );
+      return;
+    }
+    this.#executions.set(id, { state: 'done', result });
+    this.#log.info({ approval_id: id, state: result.state, duration_ms: result.duration_ms }, 'execution finished');
+    const summary =
+      result.state === 'succeeded'
+        ? `Succeeded in ${result.duration_ms} ms; committed.`
+        : result.state === 'rolled_back'
+          ? `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.`
+          : `Failed; the transaction was rolled back and nothing changed.`;
+    const details = [
+      ...result.statements.map((s) => `Statement ${s.statement} (${s.kind}): ok${s.rows_affected !== null ? `, ${s.rows_affected} rows` : ''}`),
+      ...(result.error
+        ? [
+            `Error in statement ${result.error.statement} at line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}${result.error.sqlstate ? ` (SQLSTATE ${result.error.sqlstate})` : ''}`,
+          ]
+        : []),
+      `Executed by ${result.executed_by}`,
+    ];
+    await this.#writeToFile(
+      id,
+      {
+        execution: result.state,
+        execution_started_at: formatTimestamp(new Date(result.started_at)),
+        execution_finished_at: formatTimestamp(new Date(result.finished_at)),
+        execution_duration_ms: result.duration_ms,
+        execution_rows_affected: result.rows_affected,
+        execution_error: result.error?.message,
+      },
+      renderOutcomeSection({ decision, summary, details }),
+    );
+  }
+}
