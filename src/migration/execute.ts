@@ -32,6 +32,9 @@ export function advisoryLockKey(approvalId: string): number {
   return createHash('sha256').update(approvalId).digest().readInt32BE(0);
 }
 
+/** Statements whose row count means rows changed; for DDL drivers report 0 or null, which says nothing. */
+const ROW_COUNTING_KINDS = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'CreateTableAsStmt']);
+
 interface PgErrorFields {
   code?: string;
   message?: string;
@@ -82,12 +85,16 @@ export class Executor {
 
   /** Creates or upgrades the gate's own tables (migrations/), once per process. */
   prepare(): Promise<void> {
-    this.#prepared ??= this.#knex.migrate
-      .latest({
-        migrationSource: gateMigrationSource(this.#options.ledgerSchema),
-        schemaName: this.#options.ledgerSchema,
-        tableName: 'knex_migrations',
-      })
+    const schema = this.#options.ledgerSchema;
+    this.#prepared ??= this.#knex.schema
+      .createSchemaIfNotExists(schema)
+      .then(() =>
+        this.#knex.migrate.latest({
+          migrationSource: gateMigrationSource(schema),
+          schemaName: schema,
+          tableName: 'knex_migrations',
+        }),
+      )
       .then(() => undefined)
       .catch((error: unknown) => {
         this.#prepared = null;
@@ -170,7 +177,11 @@ export class Executor {
     for (const statement of job.statements) {
       try {
         const { rowCount } = await session.query(statement.text);
-        statements.push({ statement: statement.index + 1, kind: statement.kind, rows_affected: rowCount });
+        statements.push({
+          statement: statement.index + 1,
+          kind: statement.kind,
+          rows_affected: ROW_COUNTING_KINDS.has(statement.kind) ? rowCount : null,
+        });
       } catch (caught) {
         error = toExecutionError(caught, statement, job.sql);
         break;

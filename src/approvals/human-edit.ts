@@ -1,0 +1,41 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { updateFrontMatter } from './frontmatter.js';
+
+/** How an editor saves: vim and VS Code write in place; many others write a temp file and rename it. */
+export type SaveStyle = 'in-place' | 'rename';
+
+export interface HumanDecision {
+  readonly status: 'APPROVED' | 'REJECTED';
+  readonly decidedBy: string;
+  readonly decidedAt?: string;
+  readonly reason?: string;
+}
+
+/** Saves `text` to `file` the way an editor with `style` would. */
+export async function saveAs(file: string, text: string, style: SaveStyle): Promise<void> {
+  if (style === 'in-place') {
+    await writeFile(file, text);
+    return;
+  }
+  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(4).toString('hex')}.swp`);
+  await writeFile(temp, text);
+  await rename(temp, file);
+}
+
+/**
+ * Makes exactly the edit the file's Human Instructions ask of a person: status, decided_by,
+ * decided_at and (for a rejection) reason in the front matter, then saves. The gate cannot tell it
+ * from a hand edit, which is the point: there is one decision path.
+ */
+export async function decideInFile(file: string, decision: HumanDecision, style: SaveStyle = 'rename'): Promise<void> {
+  const text = await readFile(file, 'utf8');
+  const edited = updateFrontMatter(text, {
+    status: decision.status,
+    decided_by: decision.decidedBy,
+    ...(decision.decidedAt !== undefined ? { decided_at: decision.decidedAt } : {}),
+    ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
+  });
+  await saveAs(file, edited, style);
+}

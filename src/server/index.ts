@@ -1,0 +1,20 @@
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { Pipeline } from '../pipeline.js';
+import { registerTools } from './tools/index.js';
+
+export const SERVER_NAME = 'approval-gate';
+export const SERVER_VERSION = '0.1.0';
+
+/** An MCP server over a running pipeline. Transports are separate, thin entries. */
+export function createServer(pipeline: Pipeline): McpServer {
+  const server = new McpServer(
+    { name: SERVER_NAME, version: SERVER_VERSION },
+    {
+      instructions:
+        'Database changes go through execute_migration, which asks a human first. When it returns PENDING, ' +
+        'call await_approval with the approval_id until the result is final.',
+    },
+  );
+  registerTools(server, pipeline);
+  return server;
+}

@@ -1,0 +1,167 @@
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { z } from 'zod';
+import { GateError, describeError } from '../errors.js';
+import { ExecutionResult } from '../migration/result.js';
+import type { ApprovalStatus } from '../pipeline.js';
+
+/** The one structured result every tool returns, so an agent handles a single shape. */
+export const ToolOutcome = z.object({
+  approval_id: z.string().nullable().describe('APR-YYYYMMDD-NNN; null when the request was refused before it was stored.'),
+  status: z
+    .enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'REFUSED'])
+    .describe('The human decision. REFUSED: the request itself was invalid and never reached a human.'),
+  execution: z
+    .enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown'])
+    .describe('rolled_back: a dry run that ran and was rolled back. unknown: the connection failed mid-way; check the ledger.'),
+  final: z.boolean().describe('true when nothing more will happen to this request.'),
+  message: z.string().describe('What happened, in one or two sentences.'),
+  next_step: z.string().nullable().describe('What to do now, when there is something to do.'),
+  file: z.string().nullable().describe('Path of the approval file the human edits.'),
+  expires_at: z.string().nullable(),
+  decided_by: z.string().nullable(),
+  decided_at: z.string().nullable().describe("When the server accepted the decision, by the server's clock."),
+  reason: z.string().nullable().describe('The rejection reason, or the approver comment.'),
+  problem: z
+    .object({ code: z.string(), message: z.string() })
+    .nullable()
+    .describe('Why the current edit of the file is not an acceptable decision (the request stays pending).'),
+  error: z.object({ code: z.string(), message: z.string() }).nullable().describe('Why the request was refused.'),
+  result: ExecutionResult.nullable(),
+});
+export type ToolOutcome = z.infer<typeof ToolOutcome>;
+
+const NOTHING = {
+  decided_by: null,
+  decided_at: null,
+  reason: null,
+  problem: null,
+  error: null,
+  result: null,
+} as const;
+
+export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
+  const { request, decision } = status;
+  const common = {
+    ...NOTHING,
+    approval_id: request.id,
+    file: status.file,
+    expires_at: request.expires_at,
+    problem: status.problem,
+    decided_by: decision?.decided_by ?? null,
+    decided_at: decision?.decided_at ?? null,
+    reason: decision?.reason ?? null,
+  };
+  const awaitStep = `Call await_approval with {"id": "${request.id}"} to keep waiting.`;
+  if (!decision) {
+    return {
+      ...common,
+      status: 'PENDING',
+      execution: 'not_started',
+      final: false,
+      message:
+        `Waiting for a human to approve or reject ${request.id} in ${status.file} (expires ${request.expires_at}).` +
+        (status.problem ? ` The file's current edit is not accepted: ${status.problem.message}` : ''),
+      next_step: `${awaitStep} Do not resubmit the same migration; it would create a second request.`,
+    };
+  }
+  if (decision.status === 'REJECTED') {
+    return {
+      ...common,
+      status: 'REJECTED',
+      execution: 'not_started',
+      final: true,
+      message: `${decision.decided_by ?? 'A human'} rejected ${request.id}: ${decision.reason ?? '(no reason)'}. Nothing was executed.`,
+      next_step: 'Address the reason before submitting a new request.',
+    };
+  }
+  if (decision.status === 'EXPIRED') {
+    return {
+      ...common,
+      status: 'EXPIRED',
+      execution: 'not_started',
+      final: true,
+      message: `${request.id} expired at ${request.expires_at} without a valid decision. Nothing was executed.`,
+      next_step: 'Submit a new request if the change is still needed.',
+    };
+  }
+  const approvedBy = `${decision.decided_by ?? 'A human'} approved ${request.id}`;
+  if (status.execution === 'running' || status.execution === 'not_started') {
+    return {
+      ...common,
+      status: 'APPROVED',
+      execution: 'running',
+      final: false,
+      message: `${approvedBy}; the migration is running.`,
+      next_step: awaitStep,
+    };
+  }
+  if (status.execution === 'unknown' || status.result === null) {
+    return {
+      ...common,
+      status: 'APPROVED',
+      execution: status.execution === 'unknown' ? 'unknown' : 'failed',
+      final: true,
+      message: `${approvedBy}, but the outcome is ${status.execution === 'unknown' ? 'UNKNOWN' : 'a failure before any SQL ran'}: ${status.executionError ?? ''}`,
+      next_step:
+        status.execution === 'unknown'
+          ? 'Do not resubmit. Ask a human to check the database and the gate ledger for this approval id.'
+          : 'Ask a human to check the database connection, then submit a new request.',
+    };
+  }
+  const { result } = status;
+  const where = result.error
+    ? ` Statement ${result.error.statement}, line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}`
+    : '';
+  const messages = {
+    succeeded: `${approvedBy}; the migration succeeded in ${result.duration_ms} ms and was committed.`,
+    rolled_back: `${approvedBy}; dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back. Nothing changed.`,
+    failed: `${approvedBy}, but the migration failed and was rolled back; nothing changed.${where}`,
+  } as const;
+  return {
+    ...common,
+    status: 'APPROVED',
+    execution: result.state,
+    final: true,
+    result,
+    message: messages[result.state],
+    next_step:
+      result.state === 'failed'
+        ? 'Fix the SQL and submit a new request.'
+        : result.state === 'rolled_back'
+          ? 'Submit the same SQL with dry_run: false to apply it (it needs a new approval).'
+          : null,
+  };
+}
+
+export function outcomeOfRefusal(error: unknown): ToolOutcome {
+  const code = error instanceof GateError ? error.code : 'INTERNAL_ERROR';
+  const message = describeError(error);
+  return {
+    ...NOTHING,
+    approval_id: null,
+    status: 'REFUSED',
+    execution: 'not_started',
+    final: true,
+    message,
+    next_step: 'Correct the request and call execute_migration again.',
+    file: null,
+    expires_at: null,
+    error: { code, message },
+  };
+}
+
+/** The MCP result: structured content for programs, the same as text for models; isError for failures. */
+export function toToolResult(outcome: ToolOutcome): CallToolResult {
+  const failed =
+    outcome.status === 'REFUSED' ||
+    outcome.status === 'REJECTED' ||
+    outcome.status === 'EXPIRED' ||
+    outcome.execution === 'failed' ||
+    outcome.execution === 'unknown';
+  const headline = [outcome.message, outcome.next_step].filter(Boolean).join('\n');
+  return {
+    content: [{ type: 'text', text: `${headline}\n\n${JSON.stringify(outcome, null, 2)}` }],
+    structuredContent: outcome,
+    isError: failed,
+  };
+}

@@ -1,0 +1,11 @@
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { Pipeline } from '../../pipeline.js';
+import { registerAwaitApprovalTool } from './await-approval.js';
+import { registerExecuteMigrationTool } from './execute-migration.js';
+import { registerGetApprovalStatusTool } from './get-approval-status.js';
+
+export function registerTools(server: McpServer, pipeline: Pipeline): void {
+  registerExecuteMigrationTool(server, pipeline);
+  registerAwaitApprovalTool(server, pipeline);
+  registerGetApprovalStatusTool(server, pipeline);
+}
