@@ -89,9 +89,13 @@ export const ConfigSchema = z
     gate: z
       .object({
         recheck_interval_ms: z.number().int().min(100).max(600_000).default(5000),
+        watch_files: z
+          .boolean()
+          .default(true)
+          .describe('false: rely on the periodic re-check only (for network file systems that deliver no events).'),
       })
       .strict()
-      .default({ recheck_interval_ms: 5000 })
+      .default({ recheck_interval_ms: 5000, watch_files: true })
       .describe('Safety-net re-read of pending files; file-system events are the fast path.'),
     executor: z
       .object({

@@ -146,6 +146,7 @@ export class Pipeline {
       clock: this.#clock,
       log: this.#log,
       recheckIntervalMs: config.gate.recheck_interval_ms,
+      watchFiles: config.gate.watch_files,
       onDecision: (request, decision) => this.#onDecision(request, decision),
     });
     this.#gate.events.on('changed', (id: string) => this.#events.emit(id));

@@ -19,6 +19,8 @@ export interface GateOptions {
   readonly log: Logger;
   /** Safety net only: file-system events are the fast path. */
   readonly recheckIntervalMs: number;
+  /** false: no file-system watcher, only the periodic re-check (network file systems). */
+  readonly watchFiles: boolean;
   /** Called once per accepted decision (APPROVED, REJECTED or EXPIRED), in this process. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
 }
@@ -55,16 +57,20 @@ export class Gate {
   }
 
   start(): void {
-    const { store, log } = this.#options;
+    const { store, log, watchFiles } = this.#options;
+    if (watchFiles) this.#startWatcher(store, log);
+    this.#interval = setInterval(() => {
+      for (const id of this.#tracked.keys()) void this.check(id);
+    }, this.#options.recheckIntervalMs);
+    this.#interval.unref();
+  }
+
+  #startWatcher(store: ApprovalStore, log: Logger): void {
     this.#watcher = watch(store.approvalsDir, { persistent: false }, (_event, name) => {
       const id = name === null ? null : ApprovalStore.idOfFileName(name.toString());
       if (id !== null && this.#tracked.has(id)) void this.check(id);
     });
     this.#watcher.on('error', (error) => log.error({ err: error.message }, 'approvals directory watcher failed'));
-    this.#interval = setInterval(() => {
-      for (const id of this.#tracked.keys()) void this.check(id);
-    }, this.#options.recheckIntervalMs);
-    this.#interval.unref();
   }
 
   stop(): void {
