@@ -105,20 +105,7 @@ export const ConfigSchema = z
       .strict()
       .default({ lock_timeout_ms: 3000, statement_timeout_ms: 600_000 }),
   })
-  .strict()
-  .superRefine((config, ctx) => {
-    for (const [name, environment] of Object.entries(config.environments)) {
-      for (const database of environment.databases) {
-        if (!(database in config.databases)) {
-          ctx.addIssue({
-            code: 'custom',
-            path: ['environments', name, 'databases'],
-            message: `names database "${database}", which is not defined under databases`,
-          });
-        }
-      }
-    }
-  });
+  .strict();
 
 export type ConfigInput = z.input<typeof ConfigSchema>;
 export type ParsedConfig = z.infer<typeof ConfigSchema>;
@@ -139,14 +126,36 @@ export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {
     .join('\n');
 }
 
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * Environments must name defined databases. Checked on the raw input, so that it is reported together
+ * with every other problem rather than only after they are fixed.
+ */
+function crossReferenceIssues(input: unknown): string[] {
+  if (!isRecord(input) || !isRecord(input.environments)) return [];
+  const defined = isRecord(input.databases) ? Object.keys(input.databases) : [];
+  const issues: string[] = [];
+  for (const [name, environment] of Object.entries(input.environments)) {
+    if (!isRecord(environment) || !Array.isArray(environment.databases)) continue;
+    for (const database of environment.databases) {
+      if (typeof database === 'string' && !defined.includes(database)) {
+        issues.push(`  - environments.${name}.databases: names database "${database}", which is not defined under databases`);
+      }
+    }
+  }
+  return issues;
+}
+
 /** Validates an already-read config object. `baseDir` anchors relative paths. */
 export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
   const result = ConfigSchema.safeParse(input);
-  if (!result.success) {
-    throw new GateError(
-      'CONFIG_INVALID',
-      `The config${configPath ? ` at ${configPath}` : ''} is not valid:\n${formatIssues(result.error.issues)}`,
-    );
+  const crossIssues = crossReferenceIssues(input);
+  if (!result.success || crossIssues.length > 0) {
+    const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join('\n');
+    throw new GateError('CONFIG_INVALID', `The config${configPath ? ` at ${configPath}` : ''} is not valid:\n${listed}`);
   }
   const parsed = result.data;
   const databases: Record<string, DatabaseConfig> = {};

@@ -34,7 +34,8 @@ export function parseYamlData(text: string): Record<string, unknown> {
     customTags: [],
     strict: true,
   });
-  const problem = document.errors[0];
+  // Warnings include unresolved tags (`!!js/function`): in a decision file, any doubt is a refusal.
+  const problem = document.errors[0] ?? document.warnings[0];
   if (problem) {
     throw new GateError('FRONT_MATTER_YAML', `The front matter is not valid YAML: ${problem.message}`);
   }

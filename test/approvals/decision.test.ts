@@ -1,0 +1,79 @@
+import { describe, expect, it } from 'vitest';
+import { commentsFromBody, evaluateDecision, type DecisionVerdict } from '../../src/approvals/decision.js';
+import { sampleRequest } from '../helpers/requests.js';
+
+const request = sampleRequest();
+const beforeDeadline = new Date('2026-02-13T09:05:00Z');
+const afterDeadline = new Date('2026-02-13T09:15:01Z');
+const body = '## Approval Decision\n\n**Status:** PENDING\n**Comments:** (add comments here)\n\n## Human Instructions\n';
+
+function verdict(fields: Record<string, unknown>, options: { now?: Date; body?: string } = {}): DecisionVerdict {
+  return evaluateDecision({
+    data: { id: request.id, status: 'PENDING', decided_by: '', ...fields },
+    body: options.body ?? body,
+    request,
+    now: options.now ?? beforeDeadline,
+  });
+}
+
+describe('evaluating a decision', () => {
+  it('accepts APPROVED with a name', () => {
+    expect(verdict({ status: 'APPROVED', decided_by: 'Dana Reyes', decided_at: '2026-02-13T09:05:00' })).toEqual({
+      kind: 'approved',
+      decidedBy: 'Dana Reyes',
+      claimedDecidedAt: '2026-02-13T09:05:00',
+      comment: null,
+    });
+  });
+
+  it('accepts REJECTED with a reason from the front matter or from the Comments line', () => {
+    expect(verdict({ status: 'REJECTED', decided_by: 'Dana', reason: 'Not during the freeze' })).toMatchObject({
+      kind: 'rejected',
+      reason: 'Not during the freeze',
+    });
+    const commented = body.replace('(add comments here)', 'Index must be CONCURRENTLY');
+    expect(verdict({ status: 'REJECTED', decided_by: 'Dana' }, { body: commented })).toMatchObject({
+      kind: 'rejected',
+      reason: 'Index must be CONCURRENTLY',
+    });
+  });
+
+  it('treats PENDING as no decision yet', () => {
+    expect(verdict({})).toEqual({ kind: 'pending' });
+  });
+
+  const refusals: Array<[string, Record<string, unknown>, string, Date?]> = [
+    ['a typo in the status', { status: 'APROVED', decided_by: 'Dana' }, 'STATUS_INVALID'],
+    ['the wrong case', { status: 'Approved', decided_by: 'Dana' }, 'STATUS_INVALID'],
+    ['surrounding spaces', { status: ' APPROVED', decided_by: 'Dana' }, 'STATUS_INVALID'],
+    ['a non-string status', { status: true, decided_by: 'Dana' }, 'STATUS_INVALID'],
+    ['EXPIRED written by a human', { status: 'EXPIRED', decided_by: 'Dana' }, 'STATUS_EXPIRED_BY_HAND'],
+    ['a missing decided_by', { status: 'APPROVED', decided_by: undefined }, 'DECIDED_BY_MISSING'],
+    ['an empty decided_by', { status: 'APPROVED', decided_by: '   ' }, 'DECIDED_BY_MISSING'],
+    ['the placeholder name', { status: 'APPROVED', decided_by: 'Your Name' }, 'DECIDED_BY_MISSING'],
+    ['the awaiting placeholder', { status: 'APPROVED', decided_by: '(awaiting human decision)' }, 'DECIDED_BY_MISSING'],
+    ['a numeric decided_by', { status: 'APPROVED', decided_by: 42 }, 'DECIDED_BY_MISSING'],
+    ['self-approval by the requester', { status: 'APPROVED', decided_by: 'Agent' }, 'SELF_APPROVAL'],
+    ['a rejection without reason', { status: 'REJECTED', decided_by: 'Dana' }, 'REJECTION_REASON_MISSING'],
+    ['a rejection with a placeholder reason', { status: 'REJECTED', decided_by: 'Dana', reason: 'TBD' }, 'REJECTION_REASON_MISSING'],
+    ['an unreadable decided_at', { status: 'APPROVED', decided_by: 'Dana', decided_at: 'this morning' }, 'DECIDED_AT_INVALID'],
+    ['an id that is not this request', { id: 'APR-20260213-004', status: 'APPROVED', decided_by: 'Dana' }, 'ID_MISMATCH'],
+    ['a decision after expires_at', { status: 'APPROVED', decided_by: 'Dana' }, 'DECISION_TOO_LATE', afterDeadline],
+  ];
+  for (const [what, fields, code, now] of refusals) {
+    it(`refuses ${what} with ${code}`, () => {
+      const result = verdict(fields, now ? { now } : {});
+      expect(result).toMatchObject({ kind: 'invalid', code });
+      expect(result.kind === 'invalid' && result.message.length).toBeGreaterThan(20);
+    });
+  }
+
+  it("judges lateness by the server clock, not by the human's decided_at", () => {
+    const backdated = { status: 'APPROVED', decided_by: 'Dana', decided_at: '2026-02-13T09:01:00Z' };
+    expect(verdict(backdated, { now: afterDeadline })).toMatchObject({ code: 'DECISION_TOO_LATE' });
+  });
+
+  it('reads only the Comments line of the Approval Decision section', () => {
+    expect(commentsFromBody('## Preview\n**Comments:** sneaky\n## Approval Decision\n**Comments:** (add comments here)\n')).toBeNull();
+  });
+});

@@ -1,0 +1,60 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadConfig, parseConfig } from '../src/config.js';
+import { GateError } from '../src/errors.js';
+
+const minimal = {
+  databases: { main_db: { client: 'pg', connection_env: 'MAIN_DB_URL' } },
+  environments: { production: { databases: ['main_db'] } },
+};
+
+function configError(input: unknown): GateError {
+  try {
+    parseConfig(input, '/base');
+  } catch (error) {
+    if (error instanceof GateError) return error;
+    throw error;
+  }
+  throw new Error('expected the config to be refused');
+}
+
+describe('config', () => {
+  it('fills defaults and resolves paths against the config directory', () => {
+    const config = parseConfig(minimal, '/srv/gate');
+    expect(config.approvalsDir).toBe('/srv/gate/approvals');
+    expect(config.stateDir).toBe('/srv/gate/.approval-gate');
+    expect(config.expiry_minutes.critical).toBe(15);
+    expect(config.wait.max_wait_seconds).toBe(50);
+  });
+
+  it('lists every problem in one message: unknown keys, undefined databases, wrong types', () => {
+    const error = configError({
+      ...minimal,
+      approvals_directory: 'typo',
+      environments: { production: { databases: ['main_db', 'ghost_db'] } },
+      wait: { max_wait_seconds: 'fifty' },
+    });
+    expect(error.code).toBe('CONFIG_INVALID');
+    expect(error.message).toContain('approvals_directory');
+    expect(error.message).toContain('ghost_db');
+    expect(error.message).toContain('wait.max_wait_seconds');
+  });
+
+  it('refuses a connection string where the name of an environment variable belongs', () => {
+    const error = configError({
+      ...minimal,
+      databases: { main_db: { client: 'pg', connection_env: 'postgres://u:secret@db/prod' } },
+    });
+    expect(error.message).toContain('NAME of an environment variable');
+  });
+
+  it('reports invalid YAML and duplicate keys in a config file with the file path', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'gate-config-'));
+    const file = path.join(dir, 'gate.yaml');
+    await writeFile(file, 'approvals_dir: a\napprovals_dir: b\n');
+    expect(() => loadConfig(file)).toThrow(/not valid YAML.*unique/s);
+    expect(() => loadConfig(path.join(dir, 'missing.yaml'))).toThrow(GateError);
+  });
+});

@@ -1,0 +1,39 @@
+import { hashCommand, type ApprovalRequest, type MigrationCommand } from '../../src/approvals/request.js';
+
+export function sampleCommand(overrides: Partial<MigrationCommand> = {}): MigrationCommand {
+  return {
+    environment: 'production',
+    database: 'main_db',
+    migration_file: 'migrations/20260213_add_loyalty_tier.sql',
+    sql: "ALTER TABLE customers\nADD COLUMN loyalty_tier VARCHAR(20) DEFAULT 'bronze'\nNOT NULL;\n\nCREATE INDEX idx_loyalty_tier ON customers(loyalty_tier);\n",
+    rollback_sql: 'DROP INDEX idx_loyalty_tier;\nALTER TABLE customers DROP COLUMN loyalty_tier;\n',
+    dry_run: false,
+    backup_before: false,
+    ...overrides,
+  };
+}
+
+export function sampleRequest(overrides: Partial<ApprovalRequest> = {}, command = sampleCommand()): ApprovalRequest {
+  return {
+    id: 'APR-20260213-003',
+    created_at: '2026-02-13T09:00:00+00:00',
+    expires_at: '2026-02-13T09:15:00+00:00',
+    requested_by: 'agent',
+    priority: 'critical',
+    title: 'Update Production Database Schema',
+    reason: 'Add loyalty_tier to customers for the loyalty program launching next week.',
+    command,
+    request_hash: hashCommand(command),
+    ...overrides,
+  };
+}
+
+export const sampleContext = {
+  statements: [
+    { kind: 'AlterTableStmt', relations: ['customers'], transactional: true },
+    { kind: 'IndexStmt', relations: ['customers'], transactional: true },
+  ],
+  lockTimeoutMs: 3000,
+  statementTimeoutMs: 600_000,
+  serverName: 'approval-gate',
+};

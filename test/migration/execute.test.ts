@@ -1,0 +1,111 @@
+import type { Knex } from 'knex';
+import knexFactory from 'knex';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { analyseSql } from '../../src/migration/analyse.js';
+import { Executor, type MigrationJob } from '../../src/migration/execute.js';
+import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+
+let knex: Knex;
+let executor: Executor;
+const ledgerSchema = uniqueName('gate_exec_test');
+const table = uniqueName('customers');
+
+async function job(approvalId: string, sql: string, dryRun = false): Promise<MigrationJob> {
+  const { statements } = await analyseSql(sql);
+  return { approvalId, requestHash: `sha256:${approvalId}`, sql, statements, dryRun };
+}
+
+beforeAll(async () => {
+  knex = await connectTestDatabase();
+  executor = new Executor(knex, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
+  await knex.schema.createTable(table, (t) => {
+    t.increments('id');
+    t.text('name');
+  });
+  await knex(table).insert([{ name: 'a' }, { name: 'b' }, { name: 'c' }]);
+});
+
+afterAll(async () => {
+  await knex.schema.dropTableIfExists(table);
+  await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
+  await knex.destroy();
+});
+
+describe('executor on the real Postgres server', () => {
+  it('runs a migration in one transaction and records it in the ledger', async () => {
+    const result = await executor.run(await job('APR-20260101-001', `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`));
+    expect(result.state).toBe('succeeded');
+    expect(result.rows_affected).toBe(3);
+    expect(result.statements.map((s) => s.kind)).toEqual(['AlterTableStmt', 'UpdateStmt']);
+    expect(await columnsOf(knex, table)).toContain('tier');
+    const rows = await knex.withSchema(ledgerSchema).table('ledger').where({ approval_id: 'APR-20260101-001' });
+    expect(rows).toHaveLength(1);
+    expect(rows[0].state).toBe('succeeded');
+  });
+
+  it('never runs the same approval twice: a second run returns the recorded result', async () => {
+    const second = await executor.run(await job('APR-20260101-001', `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`));
+    expect(second.state).toBe('succeeded');
+    const count = await knex.withSchema(ledgerSchema).table('ledger').count<{ count: string }[]>('* as count');
+    expect(Number(count[0]?.count)).toBe(1);
+  });
+
+  it('two concurrent runs of one approval execute it once', async () => {
+    const sql = `UPDATE ${table} SET name = name || '!'`;
+    const otherKnex = knexFactory({ client: 'pg', connection: TEST_DATABASE_URL });
+    const other = new Executor(otherKnex, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
+    try {
+      const [a, b] = await Promise.all([
+        executor.run(await job('APR-20260101-002', sql)),
+        other.run(await job('APR-20260101-002', sql)),
+      ]);
+      expect(a).toEqual(b);
+    } finally {
+      await otherKnex.destroy();
+    }
+    const names = await knex(table).orderBy('id').pluck('name');
+    expect(names).toEqual(['a!', 'b!', 'c!']);
+  });
+
+  it('rolls everything back when a statement fails, and reports Postgres message and position', async () => {
+    const sql = `ALTER TABLE ${table} ADD COLUMN doomed int;\nUPDATE ${table}\n  SET doomed = nosuchcolumn;`;
+    const result = await executor.run(await job('APR-20260101-003', sql));
+    expect(result.state).toBe('failed');
+    expect(result.error).toMatchObject({ sqlstate: '42703', statement: 2, line: 3, column: 16 });
+    expect(result.error?.message).toContain('nosuchcolumn');
+    expect(await columnsOf(knex, table)).not.toContain('doomed');
+  });
+
+  it('dry run executes and rolls back: the schema is unchanged', async () => {
+    const result = await executor.run(await job('APR-20260101-004', `ALTER TABLE ${table} ADD COLUMN rehearsed int`, true));
+    expect(result.state).toBe('rolled_back');
+    expect(result.dry_run).toBe(true);
+    expect(await columnsOf(knex, table)).not.toContain('rehearsed');
+  });
+
+  it('passes SQL verbatim: question marks are not turned into bind parameters', async () => {
+    const result = await executor.run(
+      await job('APR-20260101-005', `UPDATE ${table} SET name = 'why?' WHERE '{"a":1}'::jsonb ? 'a' AND id = 1`),
+    );
+    expect(result.state).toBe('succeeded');
+    expect(await knex(table).where({ id: 1 }).first('name')).toEqual({ name: 'why?' });
+  });
+
+  it('gives up on a lock held by another session after lock_timeout, changing nothing', async () => {
+    const holder = await knex.transaction();
+    try {
+      await holder.raw(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+      const result = await executor.run(await job('APR-20260101-006', `ALTER TABLE ${table} ADD COLUMN blocked int`));
+      expect(result.state).toBe('failed');
+      expect(result.error?.sqlstate).toBe('55P03');
+    } finally {
+      await holder.rollback();
+    }
+    expect(await columnsOf(knex, table)).not.toContain('blocked');
+  });
+
+  it('refuses an approval id already in the ledger for a different request', async () => {
+    const conflicting = { ...(await job('APR-20260101-001', 'SELECT 1')), requestHash: 'sha256:other' };
+    await expect(executor.run(conflicting)).rejects.toMatchObject({ code: 'LEDGER_CONFLICT' });
+  });
+});
