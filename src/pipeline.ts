@@ -283,16 +283,19 @@ export class Pipeline {
     if (local?.state === 'done') {
       return { ...base, execution: local.result.state, result: local.result, executionError: null, final: true };
     }
-    const recorded = await this.#target(request.command.database)
-      .executor.lookup(id)
-      .catch(() => null);
-    if (recorded) {
-      return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
-    }
     if (local?.state === 'unknown' || local?.state === 'not_started') {
-      return { ...base, execution: local.state === 'unknown' ? 'unknown' : 'failed', result: null, executionError: local.error, final: true };
+      const execution = local.state === 'unknown' ? 'unknown' : 'failed';
+      return { ...base, execution, result: null, executionError: local.error, final: true };
     }
-    return { ...base, execution: 'running', result: null, executionError: null, final: false };
+    let lookupError: string | null = null;
+    try {
+      const recorded = await this.#target(request.command.database).executor.lookup(id, request.request_hash);
+      if (recorded) return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
+    } catch (error) {
+      // Unreachable now, or a ledger conflict: the running execution (here or elsewhere) will say more.
+      lookupError = describeError(error);
+    }
+    return { ...base, execution: 'running', result: null, executionError: lookupError, final: false };
   }
 
   /**

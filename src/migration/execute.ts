@@ -107,17 +107,20 @@ export class Executor {
     return this.#prepared;
   }
 
-  /** The recorded result for an approval, or null when it never reached the executor. */
-  async lookup(approvalId: string): Promise<ExecutionResult | null> {
+  /**
+   * The recorded result for an approval, or null when it never reached the executor. Throws
+   * LEDGER_CONFLICT when the ledger holds the id for a different request.
+   */
+  async lookup(approvalId: string, requestHash: string): Promise<ExecutionResult | null> {
     await this.prepare();
-    return withSession(this.#knex, (session) => this.#readLedger(session, approvalId));
+    return withSession(this.#knex, (session) => this.#readLedger(session, approvalId, requestHash));
   }
 
-  async #readLedger(session: SqlSession, approvalId: string, requestHash?: string): Promise<ExecutionResult | null> {
+  async #readLedger(session: SqlSession, approvalId: string, requestHash: string): Promise<ExecutionResult | null> {
     const { rows } = await session.query(`select * from ${this.#ledger} where approval_id = $1`, [approvalId]);
     const row = rows[0];
     if (!row) return null;
-    if (requestHash !== undefined && row.request_hash !== requestHash) {
+    if (row.request_hash !== requestHash) {
       throw new GateError(
         'LEDGER_CONFLICT',
         `The ledger already holds ${approvalId} for a different request. Two gate installations share ` +

@@ -1,0 +1,242 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Knex } from 'knex';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decideInFile, saveAs, type SaveStyle } from '../../src/approvals/human-edit.js';
+import { parseApprovalText, updateFrontMatter } from '../../src/approvals/frontmatter.js';
+import { approvalFileNames, nextApprovalFile, waitForFileText } from '../helpers/files.js';
+import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
+import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { createWorkspace, type Workspace } from '../helpers/workspace.js';
+
+/*
+ * The whole flow through the real stdio transport: the server is a spawned process, the client is
+ * the SDK's, the database is the real Postgres server, and the human is a file edit.
+ */
+
+// A password the trust-auth server ignores: it must never appear in anything the gate produces.
+const SECRET = 's3cr3t-pa55word';
+const urlWithPassword = TEST_DATABASE_URL.replace('postgres://postgres@', `postgres://postgres:${SECRET}@`);
+
+let knex: Knex;
+const table = uniqueName('customers');
+const ledgerSchemas = [uniqueName('gate_stdio_test'), uniqueName('gate_stdio_test')];
+
+function migration(sql: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    environment: 'production',
+    database: 'main_db',
+    sql,
+    title: 'Test migration',
+    reason: 'Exercising the approval gate end to end.',
+    priority: 'high',
+    ...extra,
+  };
+}
+
+beforeAll(async () => {
+  knex = await connectTestDatabase();
+  await knex.schema.createTable(table, (t) => {
+    t.increments('id');
+    t.text('name');
+  });
+  await knex(table).insert([{ name: 'a' }, { name: 'b' }]);
+});
+
+afterAll(async () => {
+  await knex.schema.dropTableIfExists(table);
+  for (const schema of ledgerSchemas) await knex.raw('drop schema if exists ?? cascade', [schema]);
+  await knex.destroy();
+});
+
+describe('decisions within the wait bound', () => {
+  let workspace: Workspace;
+  let server: StdioSession;
+  const seen = new Set<string>();
+
+  beforeAll(async () => {
+    workspace = await createWorkspace({ ledger_schema: ledgerSchemas[0] });
+    server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: urlWithPassword });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  for (const style of ['in-place', 'rename'] as SaveStyle[]) {
+    it(`executes on real Postgres after a human approves with a ${style} save`, async () => {
+      const column = `tier_${style.replace('-', '_')}`;
+      const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN ${column} text DEFAULT 'bronze' NOT NULL`));
+      const file = await nextApprovalFile(workspace.config.approvalsDir, seen);
+      expect(await columnsOf(knex, table)).not.toContain(column);
+      await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' }, style);
+      const { outcome, result } = await call;
+      expect(result.isError).toBe(false);
+      expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded', final: true, decided_by: 'Dana Reyes' });
+      expect(await columnsOf(knex, table)).toContain(column);
+      const text = await waitForFileText(file, (t) => t.includes('## Outcome'));
+      expect(parseApprovalText(text).data).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
+      expect(text).toContain('**Result:** Succeeded');
+    });
+  }
+
+  it('a rejection with a reason executes nothing and tells the agent the reason', async () => {
+    const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN never_added int`));
+    const file = await nextApprovalFile(workspace.config.approvalsDir, seen);
+    await decideInFile(file, { status: 'REJECTED', decidedBy: 'Dana Reyes', reason: 'Use a migration file from the repo' });
+    const { outcome, result } = await call;
+    expect(result.isError).toBe(true);
+    expect(outcome).toMatchObject({ status: 'REJECTED', execution: 'not_started', reason: 'Use a migration file from the repo' });
+    expect(outcome.message).toContain('Use a migration file from the repo');
+    expect(await columnsOf(knex, table)).not.toContain('never_added');
+    await waitForFileText(file, (t) => t.includes('Rejected; nothing was executed.'));
+  });
+
+  it('a dry run executes, rolls back and leaves the schema unchanged', async () => {
+    const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN rehearsal int`, { dry_run: true }));
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' });
+    const { outcome } = await call;
+    expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'rolled_back', final: true });
+    expect(outcome.result?.dry_run).toBe(true);
+    expect(await columnsOf(knex, table)).not.toContain('rehearsal');
+  });
+
+  it('failing SQL is rolled back in full and the error says where', async () => {
+    const sql = `ALTER TABLE ${table} ADD COLUMN half_done int;\nUPDATE ${table} SET half_done = missing_column;`;
+    const call = server.call('execute_migration', migration(sql));
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' });
+    const { outcome, result } = await call;
+    expect(result.isError).toBe(true);
+    expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'failed', final: true });
+    expect(outcome.result?.error).toMatchObject({ sqlstate: '42703', statement: 2, line: 2 });
+    expect(outcome.message).toContain('missing_column');
+    expect(await columnsOf(knex, table)).not.toContain('half_done');
+  });
+
+  const refusals: Array<[string, Record<string, unknown>, string]> = [
+    ['an unknown environment', { environment: 'qa' }, 'ENVIRONMENT_UNKNOWN'],
+    ['a database outside the environment', { database: 'other_db' }, 'DATABASE_NOT_ALLOWED'],
+    ['SQL the parser rejects', { sql: 'ALTER TABLE' }, 'SQL_PARSE_ERROR'],
+    ['transaction control in the SQL', { sql: 'BEGIN; SELECT 1; COMMIT' }, 'SQL_TRANSACTION_CONTROL'],
+    ['a non-transactional statement', { sql: `CREATE INDEX CONCURRENTLY i ON ${table}(name)` }, 'SQL_NON_TRANSACTIONAL'],
+    ['a rollback the parser rejects', { rollback_sql: 'DROP' }, 'ROLLBACK_SQL_INVALID'],
+    ['backup_before, which cannot be honoured yet', { backup_before: true }, 'BACKUP_UNSUPPORTED'],
+    ['a migration_file outside the repository', { migration_file: '../../etc/passwd' }, 'MIGRATION_FILE_INVALID'],
+  ];
+  for (const [what, change, code] of refusals) {
+    it(`refuses ${what} (${code}) before writing any file`, async () => {
+      const before = await approvalFileNames(workspace.config.approvalsDir);
+      const { outcome, result } = await server.call('execute_migration', { ...migration(`SELECT 1 FROM ${table}`), ...change });
+      expect(result.isError).toBe(true);
+      expect(outcome).toMatchObject({ status: 'REFUSED', approval_id: null, error: { code } });
+      expect(await approvalFileNames(workspace.config.approvalsDir)).toEqual(before);
+    });
+  }
+
+  it('refuses input that does not match the tool schema with a clear error', async () => {
+    const result = await server.client.callTool({ name: 'execute_migration', arguments: { sql: 'SELECT 1' } });
+    expect(result.isError).toBe(true);
+    expect(JSON.stringify(result.content)).toMatch(/environment/);
+  });
+
+  it('answers get_approval_status at once, and unknown ids clearly', async () => {
+    const [first] = (await approvalFileNames(workspace.config.approvalsDir)).sort();
+    const id = (first ?? '').replace(/\.md$/, '');
+    const { outcome } = await server.call('get_approval_status', { id });
+    expect(outcome).toMatchObject({ approval_id: id, status: 'APPROVED', final: true });
+    const missing = await server.call('get_approval_status', { id: 'APR-19990101-001' });
+    expect(missing.outcome.error?.code).toBe('APPROVAL_NOT_FOUND');
+  });
+
+  it('never writes the connection string or its password into files, results or logs', async () => {
+    const produced: string[] = [server.stderr()];
+    for (const name of await readdir(workspace.config.approvalsDir)) {
+      produced.push(await readFile(path.join(workspace.config.approvalsDir, name), 'utf8'));
+    }
+    const status = await server.call('get_approval_status', { id: 'APR-19990101-001' });
+    produced.push(JSON.stringify(status.result));
+    expect(produced.join('\n')).not.toContain(SECRET);
+    expect(server.stderr()).toContain('approval requested');
+  });
+});
+
+describe('decisions that take longer than the wait bound', () => {
+  let workspace: Workspace;
+  let server: StdioSession;
+  const seen = new Set<string>();
+
+  beforeAll(async () => {
+    workspace = await createWorkspace({
+      ledger_schema: ledgerSchemas[1],
+      wait: { max_wait_seconds: 1.5, progress_interval_seconds: 0.4 },
+      expiry_minutes: { critical: 15, high: 60, medium: 240, low: 0.05 },
+    });
+    server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it('returns PENDING with the id at the bound, with progress meanwhile; await_approval returns the executed result', async () => {
+    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN later int`));
+    expect(first.result.isError).toBe(false);
+    expect(first.progress).toBeGreaterThanOrEqual(1);
+    expect(first.outcome).toMatchObject({ status: 'PENDING', execution: 'not_started', final: false });
+    expect(first.outcome.approval_id).toMatch(/^APR-\d{8}-\d{3}$/);
+    expect(first.outcome.next_step).toContain('await_approval');
+    expect(first.outcome.expires_at).toMatch(/[+-]\d{2}:\d{2}$/);
+    const file = first.outcome.file ?? '';
+    seen.add(path.basename(file));
+    expect(await columnsOf(knex, table)).not.toContain('later');
+
+    await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana' });
+    const awaited = await server.call('await_approval', { id: first.outcome.approval_id });
+    expect(awaited.outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded', final: true });
+    expect(await columnsOf(knex, table)).toContain('later');
+  });
+
+  it('does not accept REJECTED without a reason: the file and the agent are told why, nothing runs', async () => {
+    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN unreasoned int`));
+    const file = first.outcome.file ?? '';
+    await decideInFile(file, { status: 'REJECTED', decidedBy: 'Dana' });
+    await waitForFileText(file, (t) => t.includes('gate_error: "REJECTION_REASON_MISSING'));
+    const pending = await server.call('await_approval', { id: first.outcome.approval_id, max_wait_seconds: 0.5 });
+    expect(pending.outcome).toMatchObject({ status: 'PENDING', problem: { code: 'REJECTION_REASON_MISSING' } });
+
+    // The human adds the reason and saves again: now the rejection stands.
+    const text = await readFile(file, 'utf8');
+    await saveAs(file, updateFrontMatter(text, { reason: 'Needs a rollback plan' }), 'in-place');
+    const rejected = await server.call('await_approval', { id: first.outcome.approval_id });
+    expect(rejected.outcome).toMatchObject({ status: 'REJECTED', reason: 'Needs a rollback plan' });
+    expect(await columnsOf(knex, table)).not.toContain('unreasoned');
+    expect(parseApprovalText(await readFile(file, 'utf8')).data).not.toHaveProperty('gate_error');
+  });
+
+  it('expires at the deadline: EXPIRED in the file, nothing executed, agent told', async () => {
+    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN too_late int`, { priority: 'low' }));
+    expect(first.outcome.status).toBe('PENDING');
+    const expired = await server.call('await_approval', { id: first.outcome.approval_id });
+    expect(expired.result.isError).toBe(true);
+    expect(expired.outcome).toMatchObject({ status: 'EXPIRED', execution: 'not_started', final: true });
+    const text = await waitForFileText(first.outcome.file ?? '', (t) => t.includes('## Outcome'));
+    expect(parseApprovalText(text).data.status).toBe('EXPIRED');
+
+    // An approval saved after the deadline changes nothing.
+    await decideInFile(first.outcome.file ?? '', { status: 'APPROVED', decidedBy: 'Dana' });
+    const after = await server.call('get_approval_status', { id: first.outcome.approval_id });
+    expect(after.outcome.status).toBe('EXPIRED');
+    expect(await columnsOf(knex, table)).not.toContain('too_late');
+  });
+
+  it('a typo in the status is refused and reported, and executes nothing', async () => {
+    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN typo int`));
+    const file = first.outcome.file ?? '';
+    const text = await readFile(file, 'utf8');
+    await saveAs(file, updateFrontMatter(text, { status: 'APROVED', decided_by: 'Dana' }), 'rename');
+    await waitForFileText(file, (t) => t.includes('gate_error: "STATUS_INVALID'));
+    const status = await server.call('get_approval_status', { id: first.outcome.approval_id });
+    expect(status.outcome).toMatchObject({ status: 'PENDING', problem: { code: 'STATUS_INVALID' } });
+    expect(status.outcome.message).toContain('APROVED');
+    expect(server.stderr()).toContain('STATUS_INVALID');
+    expect(await columnsOf(knex, table)).not.toContain('typo');
+  });
+});
