@@ -8,7 +8,9 @@ const DEFAULT_CONFIG = process.env.APPROVAL_GATE_CONFIG ?? 'approval-gate.yaml';
 
 const program = new Command()
   .name('approval-gate')
-  .description('An MCP server whose execute_migration tool runs SQL only after a human approves it in a Markdown file.')
+  .description(
+    'An MCP server whose execute_migration tool runs SQL only after a human approves it in a Markdown file.',
+  )
   .showHelpAfterError();
 
 program
@@ -23,9 +25,16 @@ program
 program
   .command('demo')
   .description('Run the whole flow on an embedded database (PGlite) through a real MCP client.')
-  .option('-w, --workspace <dir>', 'directory for the demo config, approvals and database (reset on each run)', 'demo-workspace')
+  .option(
+    '-w, --workspace <dir>',
+    'directory for the demo config, approvals and database (reset on each run)',
+    'demo-workspace',
+  )
   .addOption(
-    new Option('--decide <decision>', 'decide automatically instead of waiting for you').choices(['approve', 'reject']),
+    new Option('--decide <decision>', 'decide automatically instead of waiting for you').choices([
+      'approve',
+      'reject',
+    ]),
   )
   .option('--as <name>', 'reviewer name used with --decide', 'Demo Reviewer')
   .action(async (options: { workspace: string; decide?: 'approve' | 'reject'; as: string }) => {
@@ -39,7 +48,9 @@ program.parseAsync().catch((error: unknown) => {
     process.stderr.write(`approval-gate: ${error.message} [${error.code}]\n`);
     process.exitCode = 2;
   } else {
-    process.stderr.write(`approval-gate: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.stderr.write(
+      `approval-gate: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
     process.exitCode = 1;
   }
 });

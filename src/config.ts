@@ -17,8 +17,13 @@ const PgDatabase = z
     client: z.literal('pg'),
     connection_env: z
       .string()
-      .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be the NAME of an environment variable, not a connection string')
-      .describe('Name of the environment variable holding the connection string. The string itself never goes in config.'),
+      .regex(
+        /^[A-Za-z_][A-Za-z0-9_]*$/,
+        'must be the NAME of an environment variable, not a connection string',
+      )
+      .describe(
+        'Name of the environment variable holding the connection string. The string itself never goes in config.',
+      ),
   })
   .strict();
 
@@ -37,11 +42,17 @@ export type DatabaseConfig = z.infer<typeof DatabaseConfig>;
 
 const EnvironmentConfig = z
   .object({
-    databases: z.array(z.string().min(1)).min(1).describe('Logical database names this environment may target.'),
+    databases: z
+      .array(z.string().min(1))
+      .min(1)
+      .describe('Logical database names this environment may target.'),
   })
   .strict();
 
-const minutes = z.number().positive().max(7 * 24 * 60);
+const minutes = z
+  .number()
+  .positive()
+  .max(7 * 24 * 60);
 
 export const ConfigSchema = z
   .object({
@@ -85,14 +96,18 @@ export const ConfigSchema = z
       })
       .strict()
       .default({ max_wait_seconds: 50, progress_interval_seconds: 5 })
-      .describe('How long one tool call waits for a decision before returning PENDING (clients cancel at ~60 s).'),
+      .describe(
+        'How long one tool call waits for a decision before returning PENDING (clients cancel at ~60 s).',
+      ),
     gate: z
       .object({
         recheck_interval_ms: z.number().int().min(100).max(600_000).default(5000),
         watch_files: z
           .boolean()
           .default(true)
-          .describe('false: rely on the periodic re-check only (for network file systems that deliver no events).'),
+          .describe(
+            'false: rely on the periodic re-check only (for network file systems that deliver no events).',
+          ),
       })
       .strict()
       .default({ recheck_interval_ms: 5000, watch_files: true })
@@ -142,7 +157,9 @@ function crossReferenceIssues(input: unknown): string[] {
     if (!isRecord(environment) || !Array.isArray(environment.databases)) continue;
     for (const database of environment.databases) {
       if (typeof database === 'string' && !defined.includes(database)) {
-        issues.push(`  - environments.${name}.databases: names database "${database}", which is not defined under databases`);
+        issues.push(
+          `  - environments.${name}.databases: names database "${database}", which is not defined under databases`,
+        );
       }
     }
   }
@@ -154,8 +171,13 @@ export function parseConfig(input: unknown, baseDir: string, configPath: string 
   const result = ConfigSchema.safeParse(input);
   const crossIssues = crossReferenceIssues(input);
   if (!result.success || crossIssues.length > 0) {
-    const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join('\n');
-    throw new GateError('CONFIG_INVALID', `The config${configPath ? ` at ${configPath}` : ''} is not valid:\n${listed}`);
+    const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join(
+      '\n',
+    );
+    throw new GateError(
+      'CONFIG_INVALID',
+      `The config${configPath ? ` at ${configPath}` : ''} is not valid:\n${listed}`,
+    );
   }
   const parsed = result.data;
   const databases: Record<string, DatabaseConfig> = {};

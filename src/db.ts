@@ -7,7 +7,11 @@ import { GateError } from './errors.js';
  * Opens a knex instance for a configured database. For `pg` the connection string comes from the
  * environment variable the config names; it is never logged, rendered or returned.
  */
-export function openDatabase(name: string, config: DatabaseConfig, env: NodeJS.ProcessEnv = process.env): Knex {
+export function openDatabase(
+  name: string,
+  config: DatabaseConfig,
+  env: NodeJS.ProcessEnv = process.env,
+): Knex {
   if (config.client === 'pg') {
     const connectionString = env[config.connection_env];
     if (!connectionString) {
@@ -54,7 +58,10 @@ interface DriverConnection {
  * the jsonb `?` operator or a '?' literal in a migration into different SQL than the human approved.
  */
 export async function withSession<T>(knex: Knex, work: (session: SqlSession) => Promise<T>): Promise<T> {
-  const client = knex.client as { acquireConnection(): Promise<unknown>; releaseConnection(c: unknown): Promise<unknown> };
+  const client = knex.client as {
+    acquireConnection(): Promise<unknown>;
+    releaseConnection(c: unknown): Promise<unknown>;
+  };
   const connection = (await client.acquireConnection()) as DriverConnection;
   const session: SqlSession = {
     async query(text, params) {

@@ -45,7 +45,10 @@ async function seed(dataDir: string): Promise<void> {
       table.text('email').notNullable();
     });
     await knex('customers').insert(
-      Array.from({ length: 100 }, (_, i) => ({ name: `Customer ${i + 1}`, email: `customer${i + 1}@example.com` })),
+      Array.from({ length: 100 }, (_, i) => ({
+        name: `Customer ${i + 1}`,
+        email: `customer${i + 1}@example.com`,
+      })),
     );
   } finally {
     await knex.destroy();
@@ -109,13 +112,19 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     say();
     say(`Approval file written: ${file}`);
     if (options.decide) {
-      say(`Deciding as "${options.as}": ${options.decide === 'approve' ? 'APPROVED' : 'REJECTED'} (scripted, --decide)…`);
+      say(
+        `Deciding as "${options.as}": ${options.decide === 'approve' ? 'APPROVED' : 'REJECTED'} (scripted, --decide)…`,
+      );
       await new Promise((resolve) => setTimeout(resolve, 500));
       await decideInFile(
         file,
         options.decide === 'approve'
           ? { status: 'APPROVED', decidedBy: options.as }
-          : { status: 'REJECTED', decidedBy: options.as, reason: 'Demo rejection: not during the launch freeze.' },
+          : {
+              status: 'REJECTED',
+              decidedBy: options.as,
+              reason: 'Demo rejection: not during the launch freeze.',
+            },
       );
     } else {
       say('To decide, open it in any editor and, in the front matter at the top:');

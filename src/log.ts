@@ -12,7 +12,10 @@ export function createLogger(level: string = process.env.APPROVAL_GATE_LOG_LEVEL
     {
       level,
       base: { pid: process.pid },
-      redact: { paths: ['connectionString', '*.connectionString', 'password', '*.password'], censor: '[redacted]' },
+      redact: {
+        paths: ['connectionString', '*.connectionString', 'password', '*.password'],
+        censor: '[redacted]',
+      },
     },
     pino.destination({ dest: 2, sync: true }),
   );

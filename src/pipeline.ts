@@ -5,7 +5,12 @@ import { z } from 'zod';
 import { Gate, type DecisionProblem } from './approvals/gate.js';
 import { updateFrontMatter, type FrontMatterValue } from './approvals/frontmatter.js';
 import { renderApprovalFile, renderOutcomeSection, RESULT_MARKER } from './approvals/render.js';
-import { hashCommand, type ApprovalRequest, type Decision, type MigrationCommand } from './approvals/request.js';
+import {
+  hashCommand,
+  type ApprovalRequest,
+  type Decision,
+  type MigrationCommand,
+} from './approvals/request.js';
 import { ApprovalStore } from './approvals/store.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase } from './db.js';
@@ -33,7 +38,9 @@ export const MigrationRequestInput = z.object({
     .min(1)
     .max(500)
     .optional()
-    .describe('Repository-relative path of the migration this SQL comes from, shown to the reviewer. The SQL that runs is `sql`.'),
+    .describe(
+      'Repository-relative path of the migration this SQL comes from, shown to the reviewer. The SQL that runs is `sql`.',
+    ),
   sql: z
     .string()
     .min(1)
@@ -51,17 +58,27 @@ export const MigrationRequestInput = z.object({
   dry_run: z
     .boolean()
     .default(false)
-    .describe('true: after approval, run the SQL in a transaction and roll it back, reporting what happened.'),
+    .describe(
+      'true: after approval, run the SQL in a transaction and roll it back, reporting what happened.',
+    ),
   backup_before: z
     .boolean()
     .default(false)
-    .describe('true: back up affected tables before running. Not supported yet: requests with true are refused.'),
-  title: z.string().min(3).max(200).describe('One line a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
+    .describe(
+      'true: back up affected tables before running. Not supported yet: requests with true are refused.',
+    ),
+  title: z
+    .string()
+    .min(3)
+    .max(200)
+    .describe('One line a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
   reason: z
     .string()
     .min(10)
     .max(10_000)
-    .describe('Why this change is needed and what it is expected to do; shown to the reviewer as your reasoning.'),
+    .describe(
+      'Why this change is needed and what it is expected to do; shown to the reviewer as your reasoning.',
+    ),
   priority: Priority.default('medium').describe(
     'critical | high | medium | low. Sets how long a human has to decide (critical: 15 minutes by default).',
   ),
@@ -171,7 +188,8 @@ export class Pipeline {
     let target = this.#targets.get(database);
     if (!target) {
       const databaseConfig = this.config.databases[database];
-      if (!databaseConfig) throw new GateError('DATABASE_UNKNOWN', `Database "${database}" is not configured.`);
+      if (!databaseConfig)
+        throw new GateError('DATABASE_UNKNOWN', `Database "${database}" is not configured.`);
       const knex = openDatabase(database, databaseConfig, this.#env);
       target = {
         knex,
@@ -190,7 +208,10 @@ export class Pipeline {
   async submit(raw: MigrationRequestInput): Promise<{ request: ApprovalRequest; analysis: Analysis }> {
     const parsed = MigrationRequestInput.safeParse(raw);
     if (!parsed.success) {
-      throw new GateError('REQUEST_INVALID', `The request is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+      throw new GateError(
+        'REQUEST_INVALID',
+        `The request is not valid: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
     }
     const input = parsed.data;
     const environment = this.config.environments[input.environment];
@@ -255,7 +276,12 @@ export class Pipeline {
         }),
     );
     this.#log.info(
-      { approval_id: request.id, environment: command.environment, database: command.database, expires_at: request.expires_at },
+      {
+        approval_id: request.id,
+        environment: command.environment,
+        database: command.database,
+        expires_at: request.expires_at,
+      },
       'approval requested',
     );
     this.#gate.track(request);
@@ -281,7 +307,13 @@ export class Pipeline {
     }
     const local = this.#executions.get(id);
     if (local?.state === 'done') {
-      return { ...base, execution: local.result.state, result: local.result, executionError: null, final: true };
+      return {
+        ...base,
+        execution: local.result.state,
+        result: local.result,
+        executionError: null,
+        final: true,
+      };
     }
     if (local?.state === 'unknown' || local?.state === 'not_started') {
       const execution = local.state === 'unknown' ? 'unknown' : 'failed';
@@ -290,7 +322,8 @@ export class Pipeline {
     let lookupError: string | null = null;
     try {
       const recorded = await this.#target(request.command.database).executor.lookup(id, request.request_hash);
-      if (recorded) return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
+      if (recorded)
+        return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
     } catch (error) {
       // Unreachable now, or a ledger conflict: the running execution (here or elsewhere) will say more.
       lookupError = describeError(error);
@@ -304,7 +337,12 @@ export class Pipeline {
    */
   async waitForFinal(
     id: string,
-    options: { timeoutMs: number; tickMs: number; signal?: AbortSignal; onTick?: (status: ApprovalStatus, elapsedMs: number) => Promise<void> },
+    options: {
+      timeoutMs: number;
+      tickMs: number;
+      signal?: AbortSignal;
+      onTick?: (status: ApprovalStatus, elapsedMs: number) => Promise<void>;
+    },
   ): Promise<ApprovalStatus> {
     const start = Date.now();
     let status = await this.status(id);
@@ -340,7 +378,10 @@ export class Pipeline {
       }
       const file = await this.#store.readApprovalFile(id);
       if (file.kind === 'ok' && file.text.includes(RESULT_MARKER)) continue;
-      this.#log.info({ approval_id: id, status: decision.status }, 'resuming a decided request whose outcome was not written');
+      this.#log.info(
+        { approval_id: id, status: decision.status },
+        'resuming a decided request whose outcome was not written',
+      );
       void this.#onDecision(request, decision);
     }
   }
@@ -349,11 +390,17 @@ export class Pipeline {
     try {
       const written = await this.#store.updateApprovalFile(id, (text) => {
         const updated = updateFrontMatter(text, fields);
-        return section === undefined || updated.includes(RESULT_MARKER) ? updated : `${updated.replace(/\n*$/, '\n')}${section}`;
+        return section === undefined || updated.includes(RESULT_MARKER)
+          ? updated
+          : `${updated.replace(/\n*$/, '\n')}${section}`;
       });
-      if (!written) this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
+      if (!written)
+        this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
     } catch (error) {
-      this.#log.error({ approval_id: id, err: describeError(error) }, 'could not write the outcome into the approval file');
+      this.#log.error(
+        { approval_id: id, err: describeError(error) },
+        'could not write the outcome into the approval file',
+      );
     }
   }
 
@@ -363,13 +410,21 @@ export class Pipeline {
       await this.#writeToFile(
         id,
         { gate_error: undefined, execution: 'not_started' },
-        renderOutcomeSection({ decision, summary: 'Rejected; nothing was executed.', details: [`Reason: ${decision.reason ?? ''}`] }),
+        renderOutcomeSection({
+          decision,
+          summary: 'Rejected; nothing was executed.',
+          details: [`Reason: ${decision.reason ?? ''}`],
+        }),
       );
     } else if (decision.status === 'EXPIRED') {
       await this.#writeToFile(
         id,
         { status: 'EXPIRED', gate_error: undefined, execution: 'not_started' },
-        renderOutcomeSection({ decision, summary: 'Expired without a valid decision; nothing was executed.', details: [] }),
+        renderOutcomeSection({
+          decision,
+          summary: 'Expired without a valid decision; nothing was executed.',
+          details: [],
+        }),
       );
     } else {
       await this.#execute(request, decision);
@@ -382,8 +437,15 @@ export class Pipeline {
     if (this.#executions.has(id)) return;
     this.#executions.set(id, { state: 'running' });
     this.#events.emit(id);
-    await this.#writeToFile(id, { gate_error: undefined, execution: 'running', execution_started_at: formatTimestamp(this.#clock()) });
-    this.#log.info({ approval_id: id, database: command.database, dry_run: command.dry_run }, 'execution started');
+    await this.#writeToFile(id, {
+      gate_error: undefined,
+      execution: 'running',
+      execution_started_at: formatTimestamp(this.#clock()),
+    });
+    this.#log.info(
+      { approval_id: id, database: command.database, dry_run: command.dry_run },
+      'execution started',
+    );
     let result: ExecutionResult;
     try {
       // From the canonical record, never from the file.
@@ -396,7 +458,9 @@ export class Pipeline {
         dryRun: command.dry_run,
       });
     } catch (error) {
-      const certain = error instanceof GateError && (error.code === 'LEDGER_UNAVAILABLE' || error.code === 'LEDGER_CONFLICT');
+      const certain =
+        error instanceof GateError &&
+        (error.code === 'LEDGER_UNAVAILABLE' || error.code === 'LEDGER_CONFLICT');
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
@@ -414,7 +478,10 @@ export class Pipeline {
       return;
     }
     this.#executions.set(id, { state: 'done', result });
-    this.#log.info({ approval_id: id, state: result.state, duration_ms: result.duration_ms }, 'execution finished');
+    this.#log.info(
+      { approval_id: id, state: result.state, duration_ms: result.duration_ms },
+      'execution finished',
+    );
     const summary =
       result.state === 'succeeded'
         ? `Succeeded in ${result.duration_ms} ms; committed.`
@@ -422,7 +489,10 @@ export class Pipeline {
           ? `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.`
           : `Failed; the transaction was rolled back and nothing changed.`;
     const details = [
-      ...result.statements.map((s) => `Statement ${s.statement} (${s.kind}): ok${s.rows_affected !== null ? `, ${s.rows_affected} rows` : ''}`),
+      ...result.statements.map(
+        (s) =>
+          `Statement ${s.statement} (${s.kind}): ok${s.rows_affected !== null ? `, ${s.rows_affected} rows` : ''}`,
+      ),
       ...(result.error
         ? [
             `Error in statement ${result.error.statement} at line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}${result.error.sqlstate ? ` (SQLSTATE ${result.error.sqlstate})` : ''}`,

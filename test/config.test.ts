@@ -50,6 +50,11 @@ describe('config', () => {
     expect(error.message).toContain('NAME of an environment variable');
   });
 
+  it('accepts the example config shipped in examples/', () => {
+    const config = loadConfig(path.join(import.meta.dirname, '../examples/approval-gate.yaml'));
+    expect(config.environments.production?.databases).toEqual(['main_db']);
+  });
+
   it('reports invalid YAML and duplicate keys in a config file with the file path', async () => {
     const dir = await mkdtemp(path.join(tmpdir(), 'gate-config-'));
     const file = path.join(dir, 'gate.yaml');

@@ -14,7 +14,13 @@ describe('timestamps', () => {
   });
 
   it('refuses what is not a timestamp instead of guessing', () => {
-    for (const text of ['yesterday', '2026-02-31T09:00:00', '2026-13-01T00:00:00', '2026-02-13T25:00:00', '13/02/2026']) {
+    for (const text of [
+      'yesterday',
+      '2026-02-31T09:00:00',
+      '2026-13-01T00:00:00',
+      '2026-02-13T25:00:00',
+      '13/02/2026',
+    ]) {
       expect(parseTimestamp(text), text).toBeNull();
     }
   });

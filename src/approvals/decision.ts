@@ -1,6 +1,6 @@
 import { parseTimestamp } from '../time.js';
 import { PLACEHOLDERS } from './render.js';
-import type { ApprovalRequest } from './request.js';
+import { HumanStatus, type ApprovalRequest } from './request.js';
 
 /**
  * Is this file's decision valid? A pure function of the parsed file, the server's record and the
@@ -34,13 +34,24 @@ export interface DecisionInput {
 }
 
 const NAME_PLACEHOLDERS = new Set(
-  ['your name', 'name', '<name>', '<your name>', 'todo', 'tbd', 'n/a', 'none', 'null', PLACEHOLDERS.decidedBy].map((s) =>
-    s.toLowerCase(),
-  ),
+  [
+    'your name',
+    'name',
+    '<name>',
+    '<your name>',
+    'todo',
+    'tbd',
+    'n/a',
+    'none',
+    'null',
+    PLACEHOLDERS.decidedBy,
+  ].map((s) => s.toLowerCase()),
 );
 
 const TEXT_PLACEHOLDERS = new Set(
-  [PLACEHOLDERS.comments, 'todo', 'tbd', 'n/a', 'none', '-', '(none)', 'reason', 'your reason'].map((s) => s.toLowerCase()),
+  [PLACEHOLDERS.comments, 'todo', 'tbd', 'n/a', 'none', '-', '(none)', 'reason', 'your reason'].map((s) =>
+    s.toLowerCase(),
+  ),
 );
 
 function invalid(code: string, message: string): DecisionVerdict {
@@ -62,7 +73,7 @@ export function commentsFromBody(body: string): string | null {
   return meaningful(line?.[1] ?? null, TEXT_PLACEHOLDERS);
 }
 
-const STATUSES = ['PENDING', 'APPROVED', 'REJECTED'] as const;
+const STATUSES = HumanStatus.options;
 
 export function evaluateDecision({ data, body, request, now }: DecisionInput): DecisionVerdict {
   if (data.id !== request.id) {
@@ -74,7 +85,10 @@ export function evaluateDecision({ data, body, request, now }: DecisionInput): D
   const status = data.status;
   if (status === 'PENDING') return { kind: 'pending' };
   if (status === 'EXPIRED') {
-    return invalid('STATUS_EXPIRED_BY_HAND', 'Only the server sets EXPIRED. Use REJECTED (with a reason) to turn a request down.');
+    return invalid(
+      'STATUS_EXPIRED_BY_HAND',
+      'Only the server sets EXPIRED. Use REJECTED (with a reason) to turn a request down.',
+    );
   }
   if (typeof status !== 'string' || !(STATUSES as readonly string[]).includes(status)) {
     const shown = JSON.stringify(status);
@@ -117,7 +131,9 @@ export function evaluateDecision({ data, body, request, now }: DecisionInput): D
     claimedDecidedAt = data.decided_at;
   }
   const reason =
-    meaningful(data.reason, TEXT_PLACEHOLDERS) ?? meaningful(data.comments, TEXT_PLACEHOLDERS) ?? commentsFromBody(body);
+    meaningful(data.reason, TEXT_PLACEHOLDERS) ??
+    meaningful(data.comments, TEXT_PLACEHOLDERS) ??
+    commentsFromBody(body);
   if (status === 'REJECTED') {
     if (reason === null) {
       return invalid(

@@ -78,7 +78,10 @@ export function parseApprovalText(raw: string): ParsedApprovalFile {
     throw new GateError('FRONT_MATTER_MISSING', 'The file must start with front matter between --- lines.');
   }
   if (!/\n---[ \t]*(\n|$)/.test(text.slice(3))) {
-    throw new GateError('FRONT_MATTER_UNTERMINATED', 'The front matter has no closing --- line (is the file half saved?).');
+    throw new GateError(
+      'FRONT_MATTER_UNTERMINATED',
+      'The front matter has no closing --- line (is the file half saved?).',
+    );
   }
   // Every engine gray-matter could pick is overridden; passing options also bypasses its shared cache.
   const parsed = matter(text, {
@@ -96,7 +99,11 @@ export function parseApprovalText(raw: string): ParsedApprovalFile {
   return { data: parsed.data as Record<string, unknown>, body: parsed.content };
 }
 
-const STRING_STYLE: ToStringOptions = { defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN', lineWidth: 0 };
+const STRING_STYLE: ToStringOptions = {
+  defaultStringType: 'QUOTE_DOUBLE',
+  defaultKeyType: 'PLAIN',
+  lineWidth: 0,
+};
 
 /** Renders front matter the way the reference file looks: plain keys, double-quoted strings. */
 export function stringifyFrontMatter(data: Record<string, unknown>): string {
@@ -116,7 +123,10 @@ export function updateFrontMatter(raw: string, fields: Readonly<Record<string, F
   if (!match) throw new GateError('FRONT_MATTER_MISSING', 'The file has no front matter to update.');
   const document = parseDocument(match[1] ?? '', { schema: 'core', uniqueKeys: true });
   if (document.errors.length > 0 || (document.contents !== null && !isMap(document.contents))) {
-    throw new GateError('FRONT_MATTER_YAML', 'The front matter cannot be updated because it is not valid YAML.');
+    throw new GateError(
+      'FRONT_MATTER_YAML',
+      'The front matter cannot be updated because it is not valid YAML.',
+    );
   }
   let changed = false;
   for (const [key, value] of Object.entries(fields)) {

@@ -70,7 +70,9 @@ export class Gate {
       const id = name === null ? null : ApprovalStore.idOfFileName(name.toString());
       if (id !== null && this.#tracked.has(id)) void this.check(id);
     });
-    this.#watcher.on('error', (error) => log.error({ err: error.message }, 'approvals directory watcher failed'));
+    this.#watcher.on('error', (error) =>
+      log.error({ err: error.message }, 'approvals directory watcher failed'),
+    );
   }
 
   stop(): void {
@@ -93,7 +95,14 @@ export class Gate {
   /** Starts waiting for a decision on `request` until its deadline. */
   track(request: ApprovalRequest): void {
     if (this.#stopped || this.#tracked.has(request.id)) return;
-    const tracked: Tracked = { request, timer: null, checking: false, again: false, problem: null, rereads: 0 };
+    const tracked: Tracked = {
+      request,
+      timer: null,
+      checking: false,
+      again: false,
+      problem: null,
+      rereads: 0,
+    };
     this.#tracked.set(request.id, tracked);
     this.#armDeadline(tracked);
     void this.check(request.id);
@@ -126,7 +135,10 @@ export class Gate {
         await this.#checkOnce(tracked);
       } while (tracked.again && this.#tracked.has(id));
     } catch (error) {
-      this.#options.log.error({ approval_id: id, err: error instanceof Error ? error.message : String(error) }, 'gate check failed');
+      this.#options.log.error(
+        { approval_id: id, err: error instanceof Error ? error.message : String(error) },
+        'gate check failed',
+      );
     } finally {
       tracked.checking = false;
     }
@@ -183,7 +195,10 @@ export class Gate {
         return;
       case 'approved':
       case 'rejected':
-        log.info({ approval_id: request.id, decision: verdict.kind, decided_by: verdict.decidedBy }, 'decision seen');
+        log.info(
+          { approval_id: request.id, decision: verdict.kind, decided_by: verdict.decidedBy },
+          'decision seen',
+        );
         await this.#accept(tracked, {
           status: verdict.kind === 'approved' ? 'APPROVED' : 'REJECTED',
           decided_by: verdict.decidedBy,
@@ -219,7 +234,10 @@ export class Gate {
       log.info({ approval_id: tracked.request.id }, 'decision already recorded by another instance');
       return;
     }
-    log.info({ approval_id: tracked.request.id, status: decision.status, decided_by: decision.decided_by }, 'decision accepted');
+    log.info(
+      { approval_id: tracked.request.id, status: decision.status, decided_by: decision.decided_by },
+      'decision accepted',
+    );
     this.events.emit('changed', tracked.request.id);
     await onDecision(tracked.request, decision);
   }

@@ -29,7 +29,11 @@ export async function saveAs(file: string, text: string, style: SaveStyle): Prom
  * decided_at and (for a rejection) reason in the front matter, then saves. The gate cannot tell it
  * from a hand edit, which is the point: there is one decision path.
  */
-export async function decideInFile(file: string, decision: HumanDecision, style: SaveStyle = 'rename'): Promise<void> {
+export async function decideInFile(
+  file: string,
+  decision: HumanDecision,
+  style: SaveStyle = 'rename',
+): Promise<void> {
   const text = await readFile(file, 'utf8');
   const edited = updateFrontMatter(text, {
     status: decision.status,

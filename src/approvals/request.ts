@@ -58,8 +58,52 @@ export const Decision = z
     status: z.enum(['APPROVED', 'REJECTED', 'EXPIRED']),
     decided_by: z.string().nullable().describe('Who decided; null for EXPIRED (the server decided).'),
     decided_at: z.string().describe("When the server accepted the decision, by the server's clock."),
-    claimed_decided_at: z.string().nullable().describe('decided_at as the human wrote it; informational only.'),
+    claimed_decided_at: z
+      .string()
+      .nullable()
+      .describe('decided_at as the human wrote it; informational only.'),
     reason: z.string().nullable(),
   })
   .strict();
 export type Decision = z.infer<typeof Decision>;
+
+/** What a human may write in `status`. EXPIRED is the server's alone. */
+export const HumanStatus = z.enum(['PENDING', 'APPROVED', 'REJECTED']);
+
+/**
+ * The approval file's front matter, for editors (schemas/approval-front-matter.schema.json). The gate
+ * reads decisions field by field (decision.ts) so that each mistake gets its own message; this schema
+ * documents the same fields and values for tooling.
+ */
+export const ApprovalFrontMatter = z
+  .object({
+    id: ApprovalId,
+    created_at: z.string().describe('ISO 8601; naive times are read in the server time zone.'),
+    status: z
+      .enum([...HumanStatus.options, 'EXPIRED'])
+      .describe(
+        'Change PENDING to APPROVED or REJECTED, exactly, in capitals. Only the server writes EXPIRED.',
+      ),
+    action_type: z.string(),
+    priority: Priority,
+    expires_at: z.string().describe('After this time (server clock) no decision is accepted.'),
+    requested_by: z.string(),
+    environment: z.string().optional(),
+    database: z.string().optional(),
+    request_hash: z.string().optional().describe("SHA-256 of the server's record of the command."),
+    decided_by: z
+      .string()
+      .optional()
+      .describe('Your name. Required for APPROVED and REJECTED; not the requester.'),
+    decided_at: z.string().optional().describe('Informational; the server records its own time.'),
+    reason: z.string().optional().describe('Required for REJECTED (or the Comments line in the body).'),
+    comments: z.string().optional(),
+    gate_error: z.string().optional().describe('Written by the server: why your last edit was not accepted.'),
+    execution: z.enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown']).optional(),
+    execution_started_at: z.string().optional(),
+    execution_finished_at: z.string().optional(),
+    execution_duration_ms: z.number().int().optional(),
+    execution_rows_affected: z.number().int().nullable().optional(),
+    execution_error: z.string().optional(),
+  })
+  .loose();

@@ -1,6 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readFile, rename, unlink, writeFile, chmod } from 'node:fs/promises';
+import {
+  link,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  unlink,
+  writeFile,
+  chmod,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { GateError } from '../errors.js';
 import { decodeUtf8, MAX_FILE_BYTES, parseApprovalText, type ParsedApprovalFile } from './frontmatter.js';
@@ -68,7 +79,8 @@ export class ApprovalStore {
 
   /** The approval file of `id`. Ids are validated, so no path can escape the approvals directory. */
   filePath(id: string): string {
-    if (!APPROVAL_ID_PATTERN.test(id)) throw new GateError('APPROVAL_ID_INVALID', `"${id}" is not an approval id (APR-YYYYMMDD-NNN).`);
+    if (!APPROVAL_ID_PATTERN.test(id))
+      throw new GateError('APPROVAL_ID_INVALID', `"${id}" is not an approval id (APR-YYYYMMDD-NNN).`);
     return path.join(this.approvalsDir, `${id}.md`);
   }
 
@@ -103,7 +115,10 @@ export class ApprovalStore {
       );
       if (recorded) {
         if (!(await createExclusive(this.filePath(id), render(request), 0o644))) {
-          throw new GateError('APPROVAL_FILE_EXISTS', `An approval file for ${id} already exists; nothing was overwritten.`);
+          throw new GateError(
+            'APPROVAL_FILE_EXISTS',
+            `An approval file for ${id} already exists; nothing was overwritten.`,
+          );
         }
         return request;
       }
@@ -114,7 +129,9 @@ export class ApprovalStore {
   async readRequest(id: string): Promise<ApprovalRequest | null> {
     this.filePath(id);
     try {
-      return ApprovalRequest.parse(JSON.parse(await readFile(path.join(this.#records, `${id}.json`), 'utf8')));
+      return ApprovalRequest.parse(
+        JSON.parse(await readFile(path.join(this.#records, `${id}.json`), 'utf8')),
+      );
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw new GateError('RECORD_CORRUPT', `The server's record of ${id} cannot be read.`, { cause: error });
@@ -144,7 +161,9 @@ export class ApprovalStore {
       return Decision.parse(JSON.parse(await readFile(path.join(this.#decisions, `${id}.json`), 'utf8')));
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw new GateError('DECISION_CORRUPT', `The recorded decision of ${id} cannot be read.`, { cause: error });
+      throw new GateError('DECISION_CORRUPT', `The recorded decision of ${id} cannot be read.`, {
+        cause: error,
+      });
     }
   }
 
@@ -154,15 +173,27 @@ export class ApprovalStore {
     try {
       const stat = await lstat(file);
       if (stat.isSymbolicLink()) {
-        return { kind: 'unreadable', error: new GateError('FILE_SYMLINK', `${id}.md is a symbolic link; approval files must be regular files.`) };
+        return {
+          kind: 'unreadable',
+          error: new GateError(
+            'FILE_SYMLINK',
+            `${id}.md is a symbolic link; approval files must be regular files.`,
+          ),
+        };
       }
       if (!stat.isFile()) {
-        return { kind: 'unreadable', error: new GateError('FILE_NOT_REGULAR', `${id}.md is not a regular file.`) };
+        return {
+          kind: 'unreadable',
+          error: new GateError('FILE_NOT_REGULAR', `${id}.md is not a regular file.`),
+        };
       }
       if (stat.size > MAX_FILE_BYTES) {
         return {
           kind: 'unreadable',
-          error: new GateError('FILE_TOO_LARGE', `${id}.md is ${stat.size} bytes; the limit is ${MAX_FILE_BYTES}.`),
+          error: new GateError(
+            'FILE_TOO_LARGE',
+            `${id}.md is ${stat.size} bytes; the limit is ${MAX_FILE_BYTES}.`,
+          ),
         };
       }
       // O_NOFOLLOW closes the gap between lstat and open.
@@ -174,7 +205,10 @@ export class ApprovalStore {
         await handle.close();
       }
       if (bytes.length > MAX_FILE_BYTES) {
-        return { kind: 'unreadable', error: new GateError('FILE_TOO_LARGE', `${id}.md is larger than ${MAX_FILE_BYTES} bytes.`) };
+        return {
+          kind: 'unreadable',
+          error: new GateError('FILE_TOO_LARGE', `${id}.md is larger than ${MAX_FILE_BYTES} bytes.`),
+        };
       }
       const text = decodeUtf8(bytes);
       return { kind: 'ok', text, parsed: parseApprovalText(text) };
@@ -182,7 +216,13 @@ export class ApprovalStore {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return { kind: 'missing' };
       if (code === 'ELOOP') {
-        return { kind: 'unreadable', error: new GateError('FILE_SYMLINK', `${id}.md is a symbolic link; approval files must be regular files.`) };
+        return {
+          kind: 'unreadable',
+          error: new GateError(
+            'FILE_SYMLINK',
+            `${id}.md is a symbolic link; approval files must be regular files.`,
+          ),
+        };
       }
       if (error instanceof GateError) return { kind: 'unreadable', error };
       throw error;

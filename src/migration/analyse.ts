@@ -49,7 +49,11 @@ function isNonTransactional(kind: string, body: Node): boolean {
     case 'DropStmt':
       return body.concurrent === true;
     case 'ReindexStmt':
-      return defElemNames(body.params).includes('concurrently') || body.kind === 'REINDEX_OBJECT_SYSTEM' || body.kind === 'REINDEX_OBJECT_DATABASE';
+      return (
+        defElemNames(body.params).includes('concurrently') ||
+        body.kind === 'REINDEX_OBJECT_SYSTEM' ||
+        body.kind === 'REINDEX_OBJECT_DATABASE'
+      );
     case 'VacuumStmt':
       // VACUUM cannot run in a transaction; ANALYZE alone can.
       return body.is_vacuumcmd === true;
@@ -79,7 +83,11 @@ function collectRelations(node: unknown, into: Set<string>): void {
   for (const [key, value] of Object.entries(node)) {
     if (key === 'RangeVar' && isNode(value) && typeof value.relname === 'string') {
       into.add(typeof value.schemaname === 'string' ? `${value.schemaname}.${value.relname}` : value.relname);
-    } else if ((key === 'relation' || key === 'table') && isNode(value) && typeof value.relname === 'string') {
+    } else if (
+      (key === 'relation' || key === 'table') &&
+      isNode(value) &&
+      typeof value.relname === 'string'
+    ) {
       // Some nodes embed a RangeVar without the wrapper (AlterTableStmt.relation, IndexStmt.relation).
       into.add(typeof value.schemaname === 'string' ? `${value.schemaname}.${value.relname}` : value.relname);
     } else {
@@ -119,7 +127,10 @@ export async function analyseSql(sql: string): Promise<Analysis> {
         { context: { line, column } },
       );
     }
-    throw new GateError('SQL_PARSE_ERROR', `Postgres' parser rejects the SQL: ${message}. Nothing was written or executed.`);
+    throw new GateError(
+      'SQL_PARSE_ERROR',
+      `Postgres' parser rejects the SQL: ${message}. Nothing was written or executed.`,
+    );
   }
   const utf8 = Buffer.from(sql, 'utf8');
   const statements: AnalysedStatement[] = [];
@@ -143,7 +154,10 @@ export async function analyseSql(sql: string): Promise<Analysis> {
     });
   }
   if (statements.length === 0) {
-    throw new GateError('SQL_EMPTY', 'The SQL holds no statement (only whitespace or comments). Nothing was written.');
+    throw new GateError(
+      'SQL_EMPTY',
+      'The SQL holds no statement (only whitespace or comments). Nothing was written.',
+    );
   }
   return { statements };
 }

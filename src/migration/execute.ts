@@ -33,7 +33,13 @@ export function advisoryLockKey(approvalId: string): number {
 }
 
 /** Statements whose row count means rows changed; for DDL drivers report 0 or null, which says nothing. */
-const ROW_COUNTING_KINDS = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt', 'CreateTableAsStmt']);
+const ROW_COUNTING_KINDS = new Set([
+  'InsertStmt',
+  'UpdateStmt',
+  'DeleteStmt',
+  'MergeStmt',
+  'CreateTableAsStmt',
+]);
 
 interface PgErrorFields {
   code?: string;
@@ -116,8 +122,14 @@ export class Executor {
     return withSession(this.#knex, (session) => this.#readLedger(session, approvalId, requestHash));
   }
 
-  async #readLedger(session: SqlSession, approvalId: string, requestHash: string): Promise<ExecutionResult | null> {
-    const { rows } = await session.query(`select * from ${this.#ledger} where approval_id = $1`, [approvalId]);
+  async #readLedger(
+    session: SqlSession,
+    approvalId: string,
+    requestHash: string,
+  ): Promise<ExecutionResult | null> {
+    const { rows } = await session.query(`select * from ${this.#ledger} where approval_id = $1`, [
+      approvalId,
+    ]);
     const row = rows[0];
     if (!row) return null;
     if (row.request_hash !== requestHash) {
@@ -163,7 +175,10 @@ export class Executor {
 
   async #runInTransaction(session: SqlSession, job: MigrationJob): Promise<ExecutionResult> {
     // Waits while another instance runs the same approval; its commit makes the ledger row visible.
-    await session.query('select pg_advisory_xact_lock($1, $2)', [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(job.approvalId)]);
+    await session.query('select pg_advisory_xact_lock($1, $2)', [
+      ADVISORY_LOCK_NAMESPACE,
+      advisoryLockKey(job.approvalId),
+    ]);
     const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
     if (earlier) return earlier;
 
@@ -171,10 +186,10 @@ export class Executor {
     const start = performance.now();
     await session.query('savepoint gate_migration');
     // Local to the savepoint: they bind the migration's statements, and roll back with them.
-    await session.query(`select set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)`, [
-      `${this.#options.lockTimeoutMs}ms`,
-      `${this.#options.statementTimeoutMs}ms`,
-    ]);
+    await session.query(
+      `select set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)`,
+      [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
+    );
     const statements: { statement: number; kind: string; rows_affected: number | null }[] = [];
     let error: ExecutionError | null = null;
     for (const statement of job.statements) {

@@ -1,7 +1,10 @@
 import { z } from 'zod';
 
 export const ExecutionError = z.object({
-  sqlstate: z.string().nullable().describe('Postgres SQLSTATE code, e.g. 42P07; null when the error came from elsewhere.'),
+  sqlstate: z
+    .string()
+    .nullable()
+    .describe('Postgres SQLSTATE code, e.g. 42P07; null when the error came from elsewhere.'),
   message: z.string(),
   detail: z.string().nullable(),
   hint: z.string().nullable(),

@@ -6,13 +6,18 @@ import type { ApprovalStatus } from '../pipeline.js';
 
 /** The one structured result every tool returns, so an agent handles a single shape. */
 export const ToolOutcome = z.object({
-  approval_id: z.string().nullable().describe('APR-YYYYMMDD-NNN; null when the request was refused before it was stored.'),
+  approval_id: z
+    .string()
+    .nullable()
+    .describe('APR-YYYYMMDD-NNN; null when the request was refused before it was stored.'),
   status: z
     .enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'REFUSED'])
     .describe('The human decision. REFUSED: the request itself was invalid and never reached a human.'),
   execution: z
     .enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown'])
-    .describe('rolled_back: a dry run that ran and was rolled back. unknown: the connection failed mid-way; check the ledger.'),
+    .describe(
+      'rolled_back: a dry run that ran and was rolled back. unknown: the connection failed mid-way; check the ledger.',
+    ),
   final: z.boolean().describe('true when nothing more will happen to this request.'),
   message: z.string().describe('What happened, in one or two sentences.'),
   next_step: z.string().nullable().describe('What to do now, when there is something to do.'),
@@ -25,7 +30,10 @@ export const ToolOutcome = z.object({
     .object({ code: z.string(), message: z.string() })
     .nullable()
     .describe('Why the current edit of the file is not an acceptable decision (the request stays pending).'),
-  error: z.object({ code: z.string(), message: z.string() }).nullable().describe('Why the request was refused.'),
+  error: z
+    .object({ code: z.string(), message: z.string() })
+    .nullable()
+    .describe('Why the request was refused.'),
   result: ExecutionResult.nullable(),
 });
 export type ToolOutcome = z.infer<typeof ToolOutcome>;

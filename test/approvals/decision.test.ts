@@ -5,9 +5,13 @@ import { sampleRequest } from '../helpers/requests.js';
 const request = sampleRequest();
 const beforeDeadline = new Date('2026-02-13T09:05:00Z');
 const afterDeadline = new Date('2026-02-13T09:15:01Z');
-const body = '## Approval Decision\n\n**Status:** PENDING\n**Comments:** (add comments here)\n\n## Human Instructions\n';
+const body =
+  '## Approval Decision\n\n**Status:** PENDING\n**Comments:** (add comments here)\n\n## Human Instructions\n';
 
-function verdict(fields: Record<string, unknown>, options: { now?: Date; body?: string } = {}): DecisionVerdict {
+function verdict(
+  fields: Record<string, unknown>,
+  options: { now?: Date; body?: string } = {},
+): DecisionVerdict {
   return evaluateDecision({
     data: { id: request.id, status: 'PENDING', decided_by: '', ...fields },
     body: options.body ?? body,
@@ -18,7 +22,9 @@ function verdict(fields: Record<string, unknown>, options: { now?: Date; body?: 
 
 describe('evaluating a decision', () => {
   it('accepts APPROVED with a name', () => {
-    expect(verdict({ status: 'APPROVED', decided_by: 'Dana Reyes', decided_at: '2026-02-13T09:05:00' })).toEqual({
+    expect(
+      verdict({ status: 'APPROVED', decided_by: 'Dana Reyes', decided_at: '2026-02-13T09:05:00' }),
+    ).toEqual({
       kind: 'approved',
       decidedBy: 'Dana Reyes',
       claimedDecidedAt: '2026-02-13T09:05:00',
@@ -27,7 +33,9 @@ describe('evaluating a decision', () => {
   });
 
   it('accepts REJECTED with a reason from the front matter or from the Comments line', () => {
-    expect(verdict({ status: 'REJECTED', decided_by: 'Dana', reason: 'Not during the freeze' })).toMatchObject({
+    expect(
+      verdict({ status: 'REJECTED', decided_by: 'Dana', reason: 'Not during the freeze' }),
+    ).toMatchObject({
       kind: 'rejected',
       reason: 'Not during the freeze',
     });
@@ -51,14 +59,35 @@ describe('evaluating a decision', () => {
     ['a missing decided_by', { status: 'APPROVED', decided_by: undefined }, 'DECIDED_BY_MISSING'],
     ['an empty decided_by', { status: 'APPROVED', decided_by: '   ' }, 'DECIDED_BY_MISSING'],
     ['the placeholder name', { status: 'APPROVED', decided_by: 'Your Name' }, 'DECIDED_BY_MISSING'],
-    ['the awaiting placeholder', { status: 'APPROVED', decided_by: '(awaiting human decision)' }, 'DECIDED_BY_MISSING'],
+    [
+      'the awaiting placeholder',
+      { status: 'APPROVED', decided_by: '(awaiting human decision)' },
+      'DECIDED_BY_MISSING',
+    ],
     ['a numeric decided_by', { status: 'APPROVED', decided_by: 42 }, 'DECIDED_BY_MISSING'],
     ['self-approval by the requester', { status: 'APPROVED', decided_by: 'Agent' }, 'SELF_APPROVAL'],
     ['a rejection without reason', { status: 'REJECTED', decided_by: 'Dana' }, 'REJECTION_REASON_MISSING'],
-    ['a rejection with a placeholder reason', { status: 'REJECTED', decided_by: 'Dana', reason: 'TBD' }, 'REJECTION_REASON_MISSING'],
-    ['an unreadable decided_at', { status: 'APPROVED', decided_by: 'Dana', decided_at: 'this morning' }, 'DECIDED_AT_INVALID'],
-    ['an id that is not this request', { id: 'APR-20260213-004', status: 'APPROVED', decided_by: 'Dana' }, 'ID_MISMATCH'],
-    ['a decision after expires_at', { status: 'APPROVED', decided_by: 'Dana' }, 'DECISION_TOO_LATE', afterDeadline],
+    [
+      'a rejection with a placeholder reason',
+      { status: 'REJECTED', decided_by: 'Dana', reason: 'TBD' },
+      'REJECTION_REASON_MISSING',
+    ],
+    [
+      'an unreadable decided_at',
+      { status: 'APPROVED', decided_by: 'Dana', decided_at: 'this morning' },
+      'DECIDED_AT_INVALID',
+    ],
+    [
+      'an id that is not this request',
+      { id: 'APR-20260213-004', status: 'APPROVED', decided_by: 'Dana' },
+      'ID_MISMATCH',
+    ],
+    [
+      'a decision after expires_at',
+      { status: 'APPROVED', decided_by: 'Dana' },
+      'DECISION_TOO_LATE',
+      afterDeadline,
+    ],
   ];
   for (const [what, fields, code, now] of refusals) {
     it(`refuses ${what} with ${code}`, () => {
@@ -74,6 +103,10 @@ describe('evaluating a decision', () => {
   });
 
   it('reads only the Comments line of the Approval Decision section', () => {
-    expect(commentsFromBody('## Preview\n**Comments:** sneaky\n## Approval Decision\n**Comments:** (add comments here)\n')).toBeNull();
+    expect(
+      commentsFromBody(
+        '## Preview\n**Comments:** sneaky\n## Approval Decision\n**Comments:** (add comments here)\n',
+      ),
+    ).toBeNull();
   });
 });

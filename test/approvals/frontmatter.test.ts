@@ -84,7 +84,8 @@ describe('security: front matter is data, never code', () => {
 
 describe('updating the server fields', () => {
   it('keeps the human comments, order and other keys when setting a field', () => {
-    const text = '---\n# reviewed with the DBA\nid: "APR-1"\nstatus: "APPROVED" # ok\ndecided_by: "Dana"\n---\nbody stays\n';
+    const text =
+      '---\n# reviewed with the DBA\nid: "APR-1"\nstatus: "APPROVED" # ok\ndecided_by: "Dana"\n---\nbody stays\n';
     const updated = updateFrontMatter(text, { execution: 'succeeded', execution_duration_ms: 12 });
     expect(updated).toBe(
       '---\n# reviewed with the DBA\nid: "APR-1"\nstatus: "APPROVED" # ok\ndecided_by: "Dana"\nexecution: "succeeded"\nexecution_duration_ms: 12\n---\nbody stays\n',
@@ -97,6 +98,8 @@ describe('updating the server fields', () => {
   });
 
   it('removes a field set to undefined', () => {
-    expect(updateFrontMatter('---\nid: "A"\ngate_error: "x"\n---\n', { gate_error: undefined })).toBe('---\nid: "A"\n---\n');
+    expect(updateFrontMatter('---\nid: "A"\ngate_error: "x"\n---\n', { gate_error: undefined })).toBe(
+      '---\nid: "A"\n---\n',
+    );
   });
 });

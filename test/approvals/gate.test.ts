@@ -48,7 +48,15 @@ async function harness(): Promise<Harness> {
   });
   gate.start();
   gate.track(request);
-  return { store, gate, request, file: store.filePath(request.id), decisions, decided, setNow: (d) => (now = d) };
+  return {
+    store,
+    gate,
+    request,
+    file: store.filePath(request.id),
+    decisions,
+    decided,
+    setNow: (d) => (now = d),
+  };
 }
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
@@ -66,7 +74,9 @@ describe('gate', () => {
 
   it('never takes a half-written file for a decision, and reads it again once complete', async () => {
     const h = await harness();
-    const full = (await readFile(h.file, 'utf8')).replace('status: "PENDING"', 'status: "APPROVED"').replace('decided_by: ""', 'decided_by: "Dana"');
+    const full = (await readFile(h.file, 'utf8'))
+      .replace('status: "PENDING"', 'status: "APPROVED"')
+      .replace('decided_by: ""', 'decided_by: "Dana"');
     const cut = full.indexOf('decided_by');
     await writeFile(h.file, full.slice(0, cut + 10)); // front matter not closed yet
     await settle();
@@ -89,7 +99,11 @@ describe('gate', () => {
   it('expires by its own clock and never executes a decision that arrives later', async () => {
     const h = await harness();
     h.setNow(new Date(Date.parse(h.request.expires_at) + 1));
-    await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Dana', decidedAt: formatTimestamp(new Date()) });
+    await decideInFile(h.file, {
+      status: 'APPROVED',
+      decidedBy: 'Dana',
+      decidedAt: formatTimestamp(new Date()),
+    });
     expect(await h.decided).toMatchObject({ status: 'EXPIRED', decided_by: null });
     expect(await h.store.readDecision(h.request.id)).toMatchObject({ status: 'EXPIRED' });
     h.gate.stop();
@@ -102,7 +116,10 @@ describe('gate', () => {
     await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Eve' });
     await settle();
     expect(h.decisions).toHaveLength(1);
-    expect(await h.store.readDecision(h.request.id)).toMatchObject({ status: 'REJECTED', decided_by: 'Dana' });
+    expect(await h.store.readDecision(h.request.id)).toMatchObject({
+      status: 'REJECTED',
+      decided_by: 'Dana',
+    });
     h.gate.stop();
   });
 });

@@ -15,13 +15,16 @@ async function freshStore(): Promise<{ store: ApprovalStore; approvalsDir: strin
 }
 
 const { id: _id, ...draft } = sampleRequest({ created_at: '2026-02-13T09:00:00+00:00' });
-const render = (request: Parameters<typeof renderApprovalFile>[0]) => renderApprovalFile(request, sampleContext);
+const render = (request: Parameters<typeof renderApprovalFile>[0]) =>
+  renderApprovalFile(request, sampleContext);
 
 describe('approval store', () => {
   it('allocates unique ids under concurrency, across two store instances on one directory', async () => {
     const { store, approvalsDir, stateDir } = await freshStore();
     const twin = await ApprovalStore.open(approvalsDir, stateDir);
-    const created = await Promise.all(Array.from({ length: 40 }, (_, i) => (i % 2 ? store : twin).create(draft, render)));
+    const created = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => (i % 2 ? store : twin).create(draft, render)),
+    );
     const ids = created.map((r) => r.id);
     expect(new Set(ids).size).toBe(40);
     expect([...ids].sort()[0]).toBe('APR-20260213-001');
@@ -43,9 +46,18 @@ describe('approval store', () => {
   it('lets the first recorded decision stand', async () => {
     const { store } = await freshStore();
     const request = await store.create(draft, render);
-    const approve = { status: 'APPROVED', decided_by: 'Dana', decided_at: 'x', claimed_decided_at: null, reason: null } as const;
+    const approve = {
+      status: 'APPROVED',
+      decided_by: 'Dana',
+      decided_at: 'x',
+      claimed_decided_at: null,
+      reason: null,
+    } as const;
     const reject = { ...approve, status: 'REJECTED', reason: 'late' } as const;
-    const [a, b] = await Promise.all([store.recordDecision(request.id, approve), store.recordDecision(request.id, reject)]);
+    const [a, b] = await Promise.all([
+      store.recordDecision(request.id, approve),
+      store.recordDecision(request.id, reject),
+    ]);
     expect(a).toEqual(b);
     expect(await store.readDecision(request.id)).toEqual(a);
   });
@@ -62,24 +74,39 @@ describe('security: reading approval files', () => {
     const { store, approvalsDir } = await freshStore();
     const request = await store.create(draft, render);
     const elsewhere = path.join(approvalsDir, '..', 'approved.md');
-    await writeFile(elsewhere, (await readFile(store.filePath(request.id), 'utf8')).replace('status: "PENDING"', 'status: "APPROVED"'));
+    await writeFile(
+      elsewhere,
+      (await readFile(store.filePath(request.id), 'utf8')).replace('status: "PENDING"', 'status: "APPROVED"'),
+    );
     const { rm } = await import('node:fs/promises');
     await rm(store.filePath(request.id));
     await symlink(elsewhere, store.filePath(request.id));
-    expect(await store.readApprovalFile(request.id)).toMatchObject({ kind: 'unreadable', error: { code: 'FILE_SYMLINK' } });
+    expect(await store.readApprovalFile(request.id)).toMatchObject({
+      kind: 'unreadable',
+      error: { code: 'FILE_SYMLINK' },
+    });
   });
 
   it('refuses a file over the size limit without parsing it', async () => {
     const { store } = await freshStore();
     const request = await store.create(draft, render);
     await writeFile(store.filePath(request.id), `---\nid: "${request.id}"\n---\n${'x'.repeat(300 * 1024)}`);
-    expect(await store.readApprovalFile(request.id)).toMatchObject({ kind: 'unreadable', error: { code: 'FILE_TOO_LARGE' } });
+    expect(await store.readApprovalFile(request.id)).toMatchObject({
+      kind: 'unreadable',
+      error: { code: 'FILE_TOO_LARGE' },
+    });
   });
 
   it('refuses invalid UTF-8', async () => {
     const { store } = await freshStore();
     const request = await store.create(draft, render);
-    await writeFile(store.filePath(request.id), Buffer.concat([Buffer.from('---\nstatus: "'), Buffer.from([0xc3, 0x28]), Buffer.from('"\n---\n')]));
-    expect(await store.readApprovalFile(request.id)).toMatchObject({ kind: 'unreadable', error: { code: 'FILE_ENCODING' } });
+    await writeFile(
+      store.filePath(request.id),
+      Buffer.concat([Buffer.from('---\nstatus: "'), Buffer.from([0xc3, 0x28]), Buffer.from('"\n---\n')]),
+    );
+    expect(await store.readApprovalFile(request.id)).toMatchObject({
+      kind: 'unreadable',
+      error: { code: 'FILE_ENCODING' },
+    });
   });
 });

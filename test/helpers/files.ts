@@ -18,7 +18,11 @@ export async function nextApprovalFile(dir: string, seen: Set<string>, timeoutMs
 }
 
 /** Polls `file` until `predicate(text)` holds; for asserting on what the server writes. */
-export async function waitForFileText(file: string, predicate: (text: string) => boolean, timeoutMs = 10_000): Promise<string> {
+export async function waitForFileText(
+  file: string,
+  predicate: (text: string) => boolean,
+  timeoutMs = 10_000,
+): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   let text = '';
   while (Date.now() < deadline) {

@@ -8,12 +8,19 @@ export interface StdioSession {
   readonly client: Client;
   /** Everything the server wrote to stderr (its logs). */
   readonly stderr: () => string;
-  call(name: string, args: Record<string, unknown>, timeoutMs?: number): Promise<{ outcome: ToolOutcome; result: CallToolResult; progress: number }>;
+  call(
+    name: string,
+    args: Record<string, unknown>,
+    timeoutMs?: number,
+  ): Promise<{ outcome: ToolOutcome; result: CallToolResult; progress: number }>;
   close(): Promise<void>;
 }
 
 /** Spawns the real server over stdio and connects the SDK's client to it. */
-export async function startStdioServer(configPath: string, env: Record<string, string> = {}): Promise<StdioSession> {
+export async function startStdioServer(
+  configPath: string,
+  env: Record<string, string> = {},
+): Promise<StdioSession> {
   const { command, args, cwd } = stdioServerCommand(configPath);
   const transport = new StdioClientTransport({
     command,

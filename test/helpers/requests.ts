@@ -13,7 +13,10 @@ export function sampleCommand(overrides: Partial<MigrationCommand> = {}): Migrat
   };
 }
 
-export function sampleRequest(overrides: Partial<ApprovalRequest> = {}, command = sampleCommand()): ApprovalRequest {
+export function sampleRequest(
+  overrides: Partial<ApprovalRequest> = {},
+  command = sampleCommand(),
+): ApprovalRequest {
   return {
     id: 'APR-20260213-003',
     created_at: '2026-02-13T09:00:00+00:00',

@@ -32,7 +32,9 @@ describe('analysing SQL with the Postgres grammar', () => {
   });
 
   it('names the relations each statement touches', async () => {
-    const { statements } = await analyseSql('CREATE INDEX i ON app.customers(email); DELETE FROM orders WHERE id IN (SELECT id FROM old_orders)');
+    const { statements } = await analyseSql(
+      'CREATE INDEX i ON app.customers(email); DELETE FROM orders WHERE id IN (SELECT id FROM old_orders)',
+    );
     expect(statements[0]?.relations).toEqual(['app.customers']);
     expect([...(statements[1]?.relations ?? [])].sort()).toEqual(['old_orders', 'orders']);
   });

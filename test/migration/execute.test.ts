@@ -33,20 +33,36 @@ afterAll(async () => {
 
 describe('executor on the real Postgres server', () => {
   it('runs a migration in one transaction and records it in the ledger', async () => {
-    const result = await executor.run(await job('APR-20260101-001', `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`));
+    const result = await executor.run(
+      await job(
+        'APR-20260101-001',
+        `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`,
+      ),
+    );
     expect(result.state).toBe('succeeded');
     expect(result.rows_affected).toBe(3);
     expect(result.statements.map((s) => s.kind)).toEqual(['AlterTableStmt', 'UpdateStmt']);
     expect(await columnsOf(knex, table)).toContain('tier');
-    const rows = await knex.withSchema(ledgerSchema).table('ledger').where({ approval_id: 'APR-20260101-001' });
+    const rows = await knex
+      .withSchema(ledgerSchema)
+      .table('ledger')
+      .where({ approval_id: 'APR-20260101-001' });
     expect(rows).toHaveLength(1);
     expect(rows[0].state).toBe('succeeded');
   });
 
   it('never runs the same approval twice: a second run returns the recorded result', async () => {
-    const second = await executor.run(await job('APR-20260101-001', `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`));
+    const second = await executor.run(
+      await job(
+        'APR-20260101-001',
+        `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`,
+      ),
+    );
     expect(second.state).toBe('succeeded');
-    const count = await knex.withSchema(ledgerSchema).table('ledger').count<{ count: string }[]>('* as count');
+    const count = await knex
+      .withSchema(ledgerSchema)
+      .table('ledger')
+      .count<{ count: string }[]>('* as count');
     expect(Number(count[0]?.count)).toBe(1);
   });
 
@@ -77,7 +93,9 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('dry run executes and rolls back: the schema is unchanged', async () => {
-    const result = await executor.run(await job('APR-20260101-004', `ALTER TABLE ${table} ADD COLUMN rehearsed int`, true));
+    const result = await executor.run(
+      await job('APR-20260101-004', `ALTER TABLE ${table} ADD COLUMN rehearsed int`, true),
+    );
     expect(result.state).toBe('rolled_back');
     expect(result.dry_run).toBe(true);
     expect(await columnsOf(knex, table)).not.toContain('rehearsed');
@@ -85,7 +103,10 @@ describe('executor on the real Postgres server', () => {
 
   it('passes SQL verbatim: question marks are not turned into bind parameters', async () => {
     const result = await executor.run(
-      await job('APR-20260101-005', `UPDATE ${table} SET name = 'why?' WHERE '{"a":1}'::jsonb ? 'a' AND id = 1`),
+      await job(
+        'APR-20260101-005',
+        `UPDATE ${table} SET name = 'why?' WHERE '{"a":1}'::jsonb ? 'a' AND id = 1`,
+      ),
     );
     expect(result.state).toBe('succeeded');
     expect(await knex(table).where({ id: 1 }).first('name')).toEqual({ name: 'why?' });
@@ -95,7 +116,9 @@ describe('executor on the real Postgres server', () => {
     const holder = await knex.transaction();
     try {
       await holder.raw(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
-      const result = await executor.run(await job('APR-20260101-006', `ALTER TABLE ${table} ADD COLUMN blocked int`));
+      const result = await executor.run(
+        await job('APR-20260101-006', `ALTER TABLE ${table} ADD COLUMN blocked int`),
+      );
       expect(result.state).toBe('failed');
       expect(result.error?.sqlstate).toBe('55P03');
     } finally {

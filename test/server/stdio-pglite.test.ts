@@ -15,7 +15,9 @@ const seen = new Set<string>();
 async function columns(dataDir: string): Promise<string[]> {
   const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
   try {
-    return (await knex('information_schema.columns').where({ table_name: 'customers' }).pluck('column_name')) as string[];
+    return (await knex('information_schema.columns')
+      .where({ table_name: 'customers' })
+      .pluck('column_name')) as string[];
   } finally {
     await knex.destroy();
   }
@@ -48,7 +50,10 @@ describe('the embedded PGlite database', () => {
       title: 'Rehearse',
       reason: 'Dry run on the embedded database.',
     });
-    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' });
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), {
+      status: 'APPROVED',
+      decidedBy: 'Dana',
+    });
     expect((await rehearsal).outcome).toMatchObject({ status: 'APPROVED', execution: 'rolled_back' });
 
     const rejected = server.call('execute_migration', {
@@ -74,7 +79,11 @@ describe('the embedded PGlite database', () => {
       reason: 'The reference migration, on the embedded database.',
       priority: 'critical',
     });
-    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' }, 'in-place');
+    await decideInFile(
+      await nextApprovalFile(workspace.config.approvalsDir, seen),
+      { status: 'APPROVED', decidedBy: 'Dana' },
+      'in-place',
+    );
     expect((await applied).outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
 
     await server.close();

@@ -65,13 +65,21 @@ describe('decisions within the wait bound', () => {
   for (const style of ['in-place', 'rename'] as SaveStyle[]) {
     it(`executes on real Postgres after a human approves with a ${style} save`, async () => {
       const column = `tier_${style.replace('-', '_')}`;
-      const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN ${column} text DEFAULT 'bronze' NOT NULL`));
+      const call = server.call(
+        'execute_migration',
+        migration(`ALTER TABLE ${table} ADD COLUMN ${column} text DEFAULT 'bronze' NOT NULL`),
+      );
       const file = await nextApprovalFile(workspace.config.approvalsDir, seen);
       expect(await columnsOf(knex, table)).not.toContain(column);
       await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' }, style);
       const { outcome, result } = await call;
       expect(result.isError).toBe(false);
-      expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded', final: true, decided_by: 'Dana Reyes' });
+      expect(outcome).toMatchObject({
+        status: 'APPROVED',
+        execution: 'succeeded',
+        final: true,
+        decided_by: 'Dana Reyes',
+      });
       expect(await columnsOf(knex, table)).toContain(column);
       const text = await waitForFileText(file, (t) => t.includes('## Outcome'));
       expect(parseApprovalText(text).data).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
@@ -80,20 +88,37 @@ describe('decisions within the wait bound', () => {
   }
 
   it('a rejection with a reason executes nothing and tells the agent the reason', async () => {
-    const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN never_added int`));
+    const call = server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN never_added int`),
+    );
     const file = await nextApprovalFile(workspace.config.approvalsDir, seen);
-    await decideInFile(file, { status: 'REJECTED', decidedBy: 'Dana Reyes', reason: 'Use a migration file from the repo' });
+    await decideInFile(file, {
+      status: 'REJECTED',
+      decidedBy: 'Dana Reyes',
+      reason: 'Use a migration file from the repo',
+    });
     const { outcome, result } = await call;
     expect(result.isError).toBe(true);
-    expect(outcome).toMatchObject({ status: 'REJECTED', execution: 'not_started', reason: 'Use a migration file from the repo' });
+    expect(outcome).toMatchObject({
+      status: 'REJECTED',
+      execution: 'not_started',
+      reason: 'Use a migration file from the repo',
+    });
     expect(outcome.message).toContain('Use a migration file from the repo');
     expect(await columnsOf(knex, table)).not.toContain('never_added');
     await waitForFileText(file, (t) => t.includes('Rejected; nothing was executed.'));
   });
 
   it('a dry run executes, rolls back and leaves the schema unchanged', async () => {
-    const call = server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN rehearsal int`, { dry_run: true }));
-    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' });
+    const call = server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN rehearsal int`, { dry_run: true }),
+    );
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), {
+      status: 'APPROVED',
+      decidedBy: 'Dana',
+    });
     const { outcome } = await call;
     expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'rolled_back', final: true });
     expect(outcome.result?.dry_run).toBe(true);
@@ -103,7 +128,10 @@ describe('decisions within the wait bound', () => {
   it('failing SQL is rolled back in full and the error says where', async () => {
     const sql = `ALTER TABLE ${table} ADD COLUMN half_done int;\nUPDATE ${table} SET half_done = missing_column;`;
     const call = server.call('execute_migration', migration(sql));
-    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), { status: 'APPROVED', decidedBy: 'Dana' });
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), {
+      status: 'APPROVED',
+      decidedBy: 'Dana',
+    });
     const { outcome, result } = await call;
     expect(result.isError).toBe(true);
     expect(outcome).toMatchObject({ status: 'APPROVED', execution: 'failed', final: true });
@@ -117,15 +145,26 @@ describe('decisions within the wait bound', () => {
     ['a database outside the environment', { database: 'other_db' }, 'DATABASE_NOT_ALLOWED'],
     ['SQL the parser rejects', { sql: 'ALTER TABLE' }, 'SQL_PARSE_ERROR'],
     ['transaction control in the SQL', { sql: 'BEGIN; SELECT 1; COMMIT' }, 'SQL_TRANSACTION_CONTROL'],
-    ['a non-transactional statement', { sql: `CREATE INDEX CONCURRENTLY i ON ${table}(name)` }, 'SQL_NON_TRANSACTIONAL'],
+    [
+      'a non-transactional statement',
+      { sql: `CREATE INDEX CONCURRENTLY i ON ${table}(name)` },
+      'SQL_NON_TRANSACTIONAL',
+    ],
     ['a rollback the parser rejects', { rollback_sql: 'DROP' }, 'ROLLBACK_SQL_INVALID'],
     ['backup_before, which cannot be honoured yet', { backup_before: true }, 'BACKUP_UNSUPPORTED'],
-    ['a migration_file outside the repository', { migration_file: '../../etc/passwd' }, 'MIGRATION_FILE_INVALID'],
+    [
+      'a migration_file outside the repository',
+      { migration_file: '../../etc/passwd' },
+      'MIGRATION_FILE_INVALID',
+    ],
   ];
   for (const [what, change, code] of refusals) {
     it(`refuses ${what} (${code}) before writing any file`, async () => {
       const before = await approvalFileNames(workspace.config.approvalsDir);
-      const { outcome, result } = await server.call('execute_migration', { ...migration(`SELECT 1 FROM ${table}`), ...change });
+      const { outcome, result } = await server.call('execute_migration', {
+        ...migration(`SELECT 1 FROM ${table}`),
+        ...change,
+      });
       expect(result.isError).toBe(true);
       expect(outcome).toMatchObject({ status: 'REFUSED', approval_id: null, error: { code } });
       expect(await approvalFileNames(workspace.config.approvalsDir)).toEqual(before);
@@ -133,7 +172,10 @@ describe('decisions within the wait bound', () => {
   }
 
   it('refuses input that does not match the tool schema with a clear error', async () => {
-    const result = await server.client.callTool({ name: 'execute_migration', arguments: { sql: 'SELECT 1' } });
+    const result = await server.client.callTool({
+      name: 'execute_migration',
+      arguments: { sql: 'SELECT 1' },
+    });
     expect(result.isError).toBe(true);
     expect(JSON.stringify(result.content)).toMatch(/environment/);
   });
@@ -177,7 +219,10 @@ describe('decisions that take longer than the wait bound', () => {
   });
 
   it('returns PENDING with the id at the bound, with progress meanwhile; await_approval returns the executed result', async () => {
-    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN later int`));
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN later int`),
+    );
     expect(first.result.isError).toBe(false);
     expect(first.progress).toBeGreaterThanOrEqual(1);
     expect(first.outcome).toMatchObject({ status: 'PENDING', execution: 'not_started', final: false });
@@ -195,12 +240,21 @@ describe('decisions that take longer than the wait bound', () => {
   });
 
   it('does not accept REJECTED without a reason: the file and the agent are told why, nothing runs', async () => {
-    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN unreasoned int`));
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN unreasoned int`),
+    );
     const file = first.outcome.file ?? '';
     await decideInFile(file, { status: 'REJECTED', decidedBy: 'Dana' });
     await waitForFileText(file, (t) => t.includes('gate_error: "REJECTION_REASON_MISSING'));
-    const pending = await server.call('await_approval', { id: first.outcome.approval_id, max_wait_seconds: 0.5 });
-    expect(pending.outcome).toMatchObject({ status: 'PENDING', problem: { code: 'REJECTION_REASON_MISSING' } });
+    const pending = await server.call('await_approval', {
+      id: first.outcome.approval_id,
+      max_wait_seconds: 0.5,
+    });
+    expect(pending.outcome).toMatchObject({
+      status: 'PENDING',
+      problem: { code: 'REJECTION_REASON_MISSING' },
+    });
 
     // The human adds the reason and saves again: now the rejection stands.
     const text = await readFile(file, 'utf8');
@@ -212,7 +266,10 @@ describe('decisions that take longer than the wait bound', () => {
   });
 
   it('expires at the deadline: EXPIRED in the file, nothing executed, agent told', async () => {
-    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN too_late int`, { priority: 'low' }));
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN too_late int`, { priority: 'low' }),
+    );
     expect(first.outcome.status).toBe('PENDING');
     const expired = await server.call('await_approval', { id: first.outcome.approval_id });
     expect(expired.result.isError).toBe(true);
@@ -228,7 +285,10 @@ describe('decisions that take longer than the wait bound', () => {
   });
 
   it('a typo in the status is refused and reported, and executes nothing', async () => {
-    const first = await server.call('execute_migration', migration(`ALTER TABLE ${table} ADD COLUMN typo int`));
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN typo int`),
+    );
     const file = first.outcome.file ?? '';
     const text = await readFile(file, 'utf8');
     await saveAs(file, updateFrontMatter(text, { status: 'APROVED', decided_by: 'Dana' }), 'rename');
