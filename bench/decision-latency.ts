@@ -276,6 +276,15 @@ function statsOf(samples: readonly Sample[]): Stats | null {
   };
 }
 
+/**
+ * Standard deviation of the nearest-rank median of n uniform(0, 1) phases (the k-th order statistic
+ * is Beta(k, n + 1 - k)): how far measured p50 / P may stray from 0.5 by chance alone.
+ */
+function medianSpread(n: number): number {
+  const k = Math.ceil(n / 2);
+  return Math.sqrt((k * (n + 1 - k)) / ((n + 1) ** 2 * (n + 2)));
+}
+
 const ms = (value: number) => `${Math.round(value).toLocaleString('en-US')} ms`;
 
 /** "1/1250 (0.0008×)": how our latency compares with the baseline's. */
@@ -384,7 +393,8 @@ async function main(): Promise<number> {
     const p50Ratio = pollStats.p50 / P;
     const p99Ratio = pollStats.p99 / P;
     say(
-      `Polling check: measured p50 / P = ${ms(pollStats.p50)} / ${ms(P)} = ${p50Ratio.toFixed(2)} (uniform save phase predicts 0.50)`,
+      `Polling check: measured p50 / P = ${ms(pollStats.p50)} / ${ms(P)} = ${p50Ratio.toFixed(2)} ` +
+        `(uniform save phase predicts 0.50 ± ${medianSpread(pollStats.n).toFixed(2)}, 1 s.d. for n = ${pollStats.n})`,
     );
     say();
     const baselineP50 = p50Ratio * REFERENCE_POLL_MS;

@@ -262,7 +262,8 @@ describe('decisions that take longer than the wait bound', () => {
     const rejected = await server.call('await_approval', { id: first.outcome.approval_id });
     expect(rejected.outcome).toMatchObject({ status: 'REJECTED', reason: 'Needs a rollback plan' });
     expect(await columnsOf(knex, table)).not.toContain('unreasoned');
-    expect(parseApprovalText(await readFile(file, 'utf8')).data).not.toHaveProperty('gate_error');
+    const final = await waitForFileText(file, (t) => t.includes('## Outcome'));
+    expect(parseApprovalText(final).data).not.toHaveProperty('gate_error');
   });
 
   it('expires at the deadline: EXPIRED in the file, nothing executed, agent told', async () => {
@@ -282,6 +283,21 @@ describe('decisions that take longer than the wait bound', () => {
     const after = await server.call('get_approval_status', { id: first.outcome.approval_id });
     expect(after.outcome.status).toBe('EXPIRED');
     expect(await columnsOf(knex, table)).not.toContain('too_late');
+  });
+
+  it('survives a reconnect and a server restart: the request lives on disk', async () => {
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN after_restart int`),
+    );
+    expect(first.outcome.status).toBe('PENDING');
+    await server.close();
+    // The human decides while no server is running at all.
+    await decideInFile(first.outcome.file ?? '', { status: 'APPROVED', decidedBy: 'Dana' });
+    server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+    const awaited = await server.call('await_approval', { id: first.outcome.approval_id });
+    expect(awaited.outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
+    expect(await columnsOf(knex, table)).toContain('after_restart');
   });
 
   it('a typo in the status is refused and reported, and executes nothing', async () => {
