@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { GateError } from './errors.js';
+import { isValidTimeZone } from './time.js';
 
 export const PRIORITIES = ['critical', 'high', 'medium', 'low'] as const;
 export const Priority = z.enum(PRIORITIES);
@@ -46,6 +47,13 @@ const EnvironmentConfig = z
       .array(z.string().min(1))
       .min(1)
       .describe('Logical database names this environment may target.'),
+    approvers: z
+      .array(z.string().min(1))
+      .min(1)
+      .optional()
+      .describe(
+        'If set, only these people (decided_by, case-insensitive) may decide requests for this environment.',
+      ),
   })
   .strict();
 
@@ -68,6 +76,19 @@ export const ConfigSchema = z
       .default('.approval-gate')
       .describe(
         "Directory of the server's own canonical records and decisions (mode 0700). Not for humans to edit.",
+      ),
+    migrations_dir: z
+      .string()
+      .min(1)
+      .default('.')
+      .describe('migration_file paths must lie inside this directory (relative to this config file).'),
+    timezone: z
+      .string()
+      .refine(isValidTimeZone, 'must be an IANA time zone such as "Europe/Berlin"')
+      .nullable()
+      .default(null)
+      .describe(
+        "Zone for writing times and reading naive ones (2026-02-13T09:00:00); null: the server's own.",
       ),
     requested_by: z
       .string()
@@ -128,8 +149,11 @@ export type ParsedConfig = z.infer<typeof ConfigSchema>;
 /** The parsed config with every path made absolute against the config file's directory. */
 export interface Config extends ParsedConfig {
   readonly configPath: string | null;
+  /** The config file's directory: relative paths, including migration_file, are resolved from here. */
+  readonly baseDir: string;
   readonly approvalsDir: string;
   readonly stateDir: string;
+  readonly migrationsDir: string;
 }
 
 export function formatIssues(issues: readonly z.core.$ZodIssue[]): string {
@@ -191,8 +215,10 @@ export function parseConfig(input: unknown, baseDir: string, configPath: string 
     ...parsed,
     databases,
     configPath,
+    baseDir: path.resolve(baseDir),
     approvalsDir: path.resolve(baseDir, parsed.approvals_dir),
     stateDir: path.resolve(baseDir, parsed.state_dir),
+    migrationsDir: path.resolve(baseDir, parsed.migrations_dir),
   };
 }
 

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { z } from 'zod';
@@ -12,6 +13,7 @@ import {
   type MigrationCommand,
 } from './approvals/request.js';
 import { ApprovalStore } from './approvals/store.js';
+import { AuditLog } from './approvals/audit.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase } from './db.js';
 import { describeError, GateError } from './errors.js';
@@ -117,20 +119,36 @@ type LocalExecution =
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
 
-function validateMigrationFile(file: string | undefined): string | null {
+/** `inner` is `outer` or below it; `outer + sep` so that /migrations-evil is not inside /migrations. */
+function isWithin(outer: string, inner: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+}
+
+/**
+ * migration_file is informational (the SQL that runs is `sql`), but it is shown to reviewers, so it
+ * must name a file inside the configured migrations directory: relative, no "..", and, if it exists,
+ * not a symlink leading out.
+ */
+async function validateMigrationFile(file: string | undefined, config: Config): Promise<string | null> {
   if (file === undefined) return null;
+  const shown = file.replaceAll('\0', '\\0');
   const normalised = file.replaceAll('\\', '/');
-  if (
-    file.includes('\0') ||
-    path.isAbsolute(file) ||
-    /^[A-Za-z]:/.test(file) ||
-    normalised.split('/').some((segment) => segment === '..')
-  ) {
-    throw new GateError(
-      'MIGRATION_FILE_INVALID',
-      `migration_file "${file.replaceAll('\0', '\\0')}" must be a relative path inside the repository (no "..", not absolute).`,
+  const refuse = (why: string) =>
+    new GateError('MIGRATION_FILE_INVALID', `migration_file "${shown}" ${why}. Nothing was written.`);
+  if ([...file].some((c) => c.charCodeAt(0) < 0x20)) throw refuse('contains control characters');
+  if (path.isAbsolute(file) || /^[A-Za-z]:/.test(file) || normalised.startsWith('/'))
+    throw refuse('must be a relative path');
+  if (normalised.split('/').some((segment) => segment === '..')) throw refuse('must not contain ".."');
+  const resolved = path.resolve(config.baseDir, normalised);
+  if (!isWithin(config.migrationsDir, resolved)) {
+    throw refuse(
+      `must lie inside the migrations directory ${path.relative(config.baseDir, config.migrationsDir) || '.'}`,
     );
   }
+  const real = await realpath(resolved).catch(() => null);
+  const realRoot = await realpath(config.migrationsDir).catch(() => config.migrationsDir);
+  if (real !== null && !isWithin(realRoot, real))
+    throw refuse('is a link leading outside the migrations directory');
   return normalised;
 }
 
@@ -141,6 +159,7 @@ function validateMigrationFile(file: string | undefined): string | null {
 export class Pipeline {
   readonly config: Config;
   readonly #store: ApprovalStore;
+  readonly #audit: AuditLog;
   readonly #gate: Gate;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -158,10 +177,14 @@ export class Pipeline {
     this.#env = options.env ?? process.env;
     this.#serverName = options.serverName ?? 'approval-gate';
     this.#events.setMaxListeners(0);
+    this.#audit = new AuditLog(config.stateDir, this.#clock);
     this.#gate = new Gate({
       store,
+      audit: this.#audit,
       clock: this.#clock,
       log: this.#log,
+      timeZone: config.timezone,
+      approversFor: (request) => config.environments[request.command.environment]?.approvers ?? null,
       recheckIntervalMs: config.gate.recheck_interval_ms,
       watchFiles: config.gate.watch_files,
       onDecision: (request, decision) => this.#onDecision(request, decision),
@@ -227,7 +250,7 @@ export class Pipeline {
         `Environment "${input.environment}" does not include database "${input.database}". Allowed: ${environment.databases.join(', ')}.`,
       );
     }
-    const migrationFile = validateMigrationFile(input.migration_file);
+    const migrationFile = await validateMigrationFile(input.migration_file, this.config);
     if (input.backup_before) {
       throw new GateError(
         'BACKUP_UNSUPPORTED',
@@ -258,8 +281,8 @@ export class Pipeline {
     };
     const request = await this.#store.create(
       {
-        created_at: formatTimestamp(created),
-        expires_at: formatTimestamp(expires),
+        created_at: formatTimestamp(created, this.config.timezone),
+        expires_at: formatTimestamp(expires, this.config.timezone),
         requested_by: this.config.requested_by,
         priority: input.priority,
         title: input.title,
@@ -284,6 +307,13 @@ export class Pipeline {
       },
       'approval requested',
     );
+    await this.#audit.append({
+      approval_id: request.id,
+      event: 'requested',
+      actor: request.requested_by,
+      request_hash: request.request_hash,
+      detail: `${command.environment}/${command.database}: ${request.title}`,
+    });
     this.#gate.track(request);
     return { request, analysis };
   }
@@ -406,28 +436,57 @@ export class Pipeline {
 
   async #onDecision(request: ApprovalRequest, decision: Decision): Promise<void> {
     const { id } = request;
-    if (decision.status === 'REJECTED') {
-      await this.#writeToFile(
-        id,
-        { gate_error: undefined, execution: 'not_started' },
-        renderOutcomeSection({
-          decision,
-          summary: 'Rejected; nothing was executed.',
-          details: [`Reason: ${decision.reason ?? ''}`],
-        }),
-      );
-    } else if (decision.status === 'EXPIRED') {
-      await this.#writeToFile(
-        id,
-        { status: 'EXPIRED', gate_error: undefined, execution: 'not_started' },
-        renderOutcomeSection({
-          decision,
-          summary: 'Expired without a valid decision; nothing was executed.',
-          details: [],
-        }),
-      );
-    } else {
-      await this.#execute(request, decision);
+    const notRun = { execution: 'not_started' } as const;
+    switch (decision.status) {
+      case 'APPROVED':
+        await this.#execute(request, decision);
+        break;
+      case 'REJECTED':
+        await this.#writeToFile(
+          id,
+          { ...notRun, gate_error: undefined },
+          renderOutcomeSection({
+            decision,
+            summary: 'Rejected; nothing was executed.',
+            details: [`Reason: ${decision.reason ?? ''}`],
+          }),
+        );
+        break;
+      case 'EXPIRED':
+        await this.#writeToFile(
+          id,
+          { ...notRun, status: 'EXPIRED', gate_error: undefined },
+          renderOutcomeSection({
+            decision,
+            summary: 'Expired without a valid decision; nothing was executed.',
+            details: [],
+          }),
+        );
+        break;
+      case 'VOID':
+        await this.#writeToFile(
+          id,
+          { ...notRun, status: 'VOID', gate_error: decision.reason ?? 'void' },
+          renderOutcomeSection({
+            decision,
+            summary:
+              'VOID: the approval did not match what would run; nothing was executed, and this request can never run.',
+            details: [decision.reason ?? ''],
+          }),
+        );
+        break;
+      case 'CANCELLED':
+        // The file is gone; if it comes back, it says so.
+        await this.#writeToFile(
+          id,
+          { ...notRun, status: 'CANCELLED' },
+          renderOutcomeSection({
+            decision,
+            summary: 'Cancelled: the file went away while pending; nothing was executed.',
+            details: [],
+          }),
+        );
+        break;
     }
     this.#events.emit(id);
   }
@@ -464,6 +523,13 @@ export class Pipeline {
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
+      await this.#audit.append({
+        approval_id: id,
+        event: certain ? 'execution_failed' : 'outcome_unknown',
+        actor: 'server',
+        request_hash: request.request_hash,
+        detail: message,
+      });
       await this.#writeToFile(
         id,
         { execution: certain ? 'failed' : 'unknown', execution_error: message },
@@ -504,8 +570,8 @@ export class Pipeline {
       id,
       {
         execution: result.state,
-        execution_started_at: formatTimestamp(new Date(result.started_at)),
-        execution_finished_at: formatTimestamp(new Date(result.finished_at)),
+        execution_started_at: formatTimestamp(new Date(result.started_at), this.config.timezone),
+        execution_finished_at: formatTimestamp(new Date(result.finished_at), this.config.timezone),
         execution_duration_ms: result.duration_ms,
         execution_rows_affected: result.rows_affected,
         execution_error: result.error?.message,

@@ -32,3 +32,30 @@ describe('timestamps', () => {
     expect(parseTimestamp(written)?.getTime()).toBe(instant.getTime());
   });
 });
+
+describe('configured time zone', () => {
+  it('reads naive timestamps as wall time in the configured zone, across DST', () => {
+    expect(parseTimestamp('2026-02-13T09:00:00', 'Europe/Berlin')?.toISOString()).toBe(
+      '2026-02-13T08:00:00.000Z',
+    );
+    expect(parseTimestamp('2026-07-13T09:00:00', 'Europe/Berlin')?.toISOString()).toBe(
+      '2026-07-13T07:00:00.000Z',
+    );
+    expect(parseTimestamp('2026-02-13T09:00:00', 'America/New_York')?.toISOString()).toBe(
+      '2026-02-13T14:00:00.000Z',
+    );
+  });
+
+  it('ignores the zone when the timestamp carries its own offset', () => {
+    expect(parseTimestamp('2026-02-13T09:00:00Z', 'Asia/Tokyo')?.toISOString()).toBe(
+      '2026-02-13T09:00:00.000Z',
+    );
+  });
+
+  it('writes in the configured zone with its offset', () => {
+    const instant = new Date('2026-07-13T07:00:00Z');
+    expect(formatTimestamp(instant, 'Europe/Berlin')).toBe('2026-07-13T09:00:00+02:00');
+    expect(formatTimestamp(instant, 'UTC')).toBe('2026-07-13T07:00:00+00:00');
+    expect(formatTimestamp(instant, 'Asia/Kolkata')).toBe('2026-07-13T12:30:00+05:30');
+  });
+});

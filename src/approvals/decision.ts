@@ -1,6 +1,7 @@
-import { parseTimestamp } from '../time.js';
+import { parseTimestamp, type TimeZone } from '../time.js';
 import { PLACEHOLDERS } from './render.js';
 import { HumanStatus, type ApprovalRequest } from './request.js';
+import { findTampering } from './tamper.js';
 
 /**
  * Is this file's decision valid? A pure function of the parsed file, the server's record and the
@@ -24,13 +25,23 @@ export type DecisionVerdict =
       readonly claimedDecidedAt: string | null;
       readonly reason: string;
     }
-  | { readonly kind: 'invalid'; readonly code: string; readonly message: string };
+  | { readonly kind: 'invalid'; readonly code: string; readonly message: string }
+  /** An approval of something other than the server's record: terminal, nothing ever runs. */
+  | {
+      readonly kind: 'void';
+      readonly code: string;
+      readonly message: string;
+      readonly decidedBy: string | null;
+    };
 
 export interface DecisionInput {
   readonly data: Readonly<Record<string, unknown>>;
   readonly body: string;
   readonly request: ApprovalRequest;
   readonly now: Date;
+  /** The environment's approver allowlist, or null when anyone but the requester may decide. */
+  readonly approvers?: readonly string[] | null;
+  readonly timeZone?: TimeZone;
 }
 
 const NAME_PLACEHOLDERS = new Set(
@@ -75,7 +86,14 @@ export function commentsFromBody(body: string): string | null {
 
 const STATUSES = HumanStatus.options;
 
-export function evaluateDecision({ data, body, request, now }: DecisionInput): DecisionVerdict {
+export function evaluateDecision({
+  data,
+  body,
+  request,
+  now,
+  approvers = null,
+  timeZone = null,
+}: DecisionInput): DecisionVerdict {
   if (data.id !== request.id) {
     return invalid(
       'ID_MISMATCH',
@@ -107,6 +125,17 @@ export function evaluateDecision({ data, body, request, now }: DecisionInput): D
       `The request expired at ${request.expires_at}; a decision seen after that is not accepted. Nothing was executed.`,
     );
   }
+  if (status === 'APPROVED') {
+    const tampering = findTampering(data, body, request);
+    if (tampering) {
+      return {
+        kind: 'void',
+        code: tampering.code,
+        message: `${tampering.message} An approval of an edited request is void; nothing was executed, and this request can no longer run. Ask the agent to submit a new request.`,
+        decidedBy: typeof data.decided_by === 'string' ? data.decided_by : null,
+      };
+    }
+  }
   const decidedBy = meaningful(data.decided_by, NAME_PLACEHOLDERS);
   if (decidedBy === null) {
     return invalid(
@@ -120,9 +149,18 @@ export function evaluateDecision({ data, body, request, now }: DecisionInput): D
       `decided_by "${decidedBy}" is the identity that requested this change; a different person must decide.`,
     );
   }
+  if (
+    approvers !== null &&
+    !approvers.some((name) => name.trim().toLowerCase() === decidedBy.toLowerCase())
+  ) {
+    return invalid(
+      'DECIDED_BY_NOT_ALLOWED',
+      `"${decidedBy}" is not an approver for the ${request.command.environment} environment (allowed: ${approvers.join(', ')}).`,
+    );
+  }
   let claimedDecidedAt: string | null = null;
   if (data.decided_at !== undefined && data.decided_at !== null && data.decided_at !== '') {
-    if (typeof data.decided_at !== 'string' || parseTimestamp(data.decided_at) === null) {
+    if (typeof data.decided_at !== 'string' || parseTimestamp(data.decided_at, timeZone) === null) {
       return invalid(
         'DECIDED_AT_INVALID',
         `decided_at ${JSON.stringify(data.decided_at)} is not an ISO 8601 time like 2026-02-13T09:05:00; fix it or leave it empty.`,

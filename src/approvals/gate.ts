@@ -1,7 +1,9 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../log.js';
-import { formatTimestamp, type Clock } from '../time.js';
+import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
+import type { AuditLog } from './audit.js';
 import { evaluateDecision } from './decision.js';
 import { updateFrontMatter } from './frontmatter.js';
 import type { ApprovalRequest, Decision } from './request.js';
@@ -15,18 +17,25 @@ export interface DecisionProblem {
 
 export interface GateOptions {
   readonly store: ApprovalStore;
+  readonly audit: AuditLog;
   readonly clock: Clock;
   readonly log: Logger;
+  readonly timeZone: TimeZone;
   /** Safety net only: file-system events are the fast path. */
   readonly recheckIntervalMs: number;
   /** false: no file-system watcher, only the periodic re-check (network file systems). */
   readonly watchFiles: boolean;
-  /** Called once per accepted decision (APPROVED, REJECTED or EXPIRED), in this process. */
+  /** The approver allowlist of the request's environment, or null for "anyone but the requester". */
+  readonly approversFor: (request: ApprovalRequest) => readonly string[] | null;
+  /** Called once per accepted decision, in the instance that recorded it. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
 }
 
 /** Re-reads of a file that failed to parse: editors that write in place can be caught mid-save. */
 const REREAD_DELAYS_MS = [20, 100, 500];
+
+/** How long a pending file may be missing (delete-and-recreate saves) before the request is cancelled. */
+export const MISSING_FILE_GRACE_MS = 2000;
 
 /** setTimeout's ceiling; longer deadlines are re-armed in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -38,6 +47,7 @@ interface Tracked {
   again: boolean;
   problem: DecisionProblem | null;
   rereads: number;
+  missingSince: number | null;
 }
 
 /**
@@ -48,6 +58,9 @@ export class Gate {
   readonly events = new EventEmitter();
   readonly #options: GateOptions;
   readonly #tracked = new Map<string, Tracked>();
+  /** Problems of files that are not pending requests: unknown ids, edits after a decision. */
+  readonly #untrackedProblems = new Map<string, DecisionProblem>();
+  readonly #inspecting = new Set<string>();
   #watcher: FSWatcher | null = null;
   #interval: NodeJS.Timeout | null = null;
   #stopped = false;
@@ -57,22 +70,22 @@ export class Gate {
   }
 
   start(): void {
-    const { store, log, watchFiles } = this.#options;
-    if (watchFiles) this.#startWatcher(store, log);
+    const { log, watchFiles } = this.#options;
+    if (watchFiles) {
+      this.#watcher = watch(this.#options.store.approvalsDir, { persistent: false }, (_event, name) => {
+        const id = name === null ? null : ApprovalStore.idOfFileName(name.toString());
+        if (id === null) return;
+        if (this.#tracked.has(id)) void this.check(id);
+        else void this.#inspectUntracked(id);
+      });
+      this.#watcher.on('error', (error) =>
+        log.error({ err: error.message }, 'approvals directory watcher failed'),
+      );
+    }
     this.#interval = setInterval(() => {
       for (const id of this.#tracked.keys()) void this.check(id);
     }, this.#options.recheckIntervalMs);
     this.#interval.unref();
-  }
-
-  #startWatcher(store: ApprovalStore, log: Logger): void {
-    this.#watcher = watch(store.approvalsDir, { persistent: false }, (_event, name) => {
-      const id = name === null ? null : ApprovalStore.idOfFileName(name.toString());
-      if (id !== null && this.#tracked.has(id)) void this.check(id);
-    });
-    this.#watcher.on('error', (error) =>
-      log.error({ err: error.message }, 'approvals directory watcher failed'),
-    );
   }
 
   stop(): void {
@@ -83,13 +96,9 @@ export class Gate {
     this.#tracked.clear();
   }
 
-  /** The latest reason the file's decision was not accepted, if any. */
+  /** The latest reason the file's content was not accepted as a decision, if any. */
   problem(id: string): DecisionProblem | null {
-    return this.#tracked.get(id)?.problem ?? null;
-  }
-
-  isTracking(id: string): boolean {
-    return this.#tracked.has(id);
+    return this.#tracked.get(id)?.problem ?? this.#untrackedProblems.get(id) ?? null;
   }
 
   /** Starts waiting for a decision on `request` until its deadline. */
@@ -102,6 +111,7 @@ export class Gate {
       again: false,
       problem: null,
       rereads: 0,
+      missingSince: null,
     };
     this.#tracked.set(request.id, tracked);
     this.#armDeadline(tracked);
@@ -148,33 +158,39 @@ export class Gate {
     const { store, clock, log } = this.#options;
     const { request } = tracked;
     const now = clock();
-    const standing = await store.readDecision(request.id);
-    if (standing) {
+    if (await store.readDecision(request.id)) {
       // Decided already (by this instance, or another one sharing the state directory).
       this.#untrack(tracked);
       return;
     }
+    const decision = (status: Decision['status'], decidedBy: string | null, reason: string | null) => ({
+      status,
+      decided_by: decidedBy,
+      decided_at: formatTimestamp(now, this.#options.timeZone),
+      claimed_decided_at: null,
+      reason,
+    });
     if (now.getTime() >= Date.parse(request.expires_at)) {
-      await this.#accept(tracked, {
-        status: 'EXPIRED',
-        decided_by: null,
-        decided_at: formatTimestamp(now),
-        claimed_decided_at: null,
-        reason: `No valid decision before ${request.expires_at}.`,
-      });
+      await this.#accept(
+        tracked,
+        decision('EXPIRED', null, `No valid decision before ${request.expires_at}.`),
+      );
       return;
     }
     const file = await store.readApprovalFile(request.id);
     if (file.kind === 'missing') {
-      this.#setProblem(tracked, {
-        code: 'FILE_MISSING',
-        message: `The approval file ${request.id}.md is missing; nothing will run unless it reappears with a valid decision.`,
-      });
+      await this.#onMissing(
+        tracked,
+        decision('CANCELLED', null, 'The approval file was deleted or moved away while pending.'),
+      );
       return;
     }
+    tracked.missingSince = null;
     if (file.kind === 'unreadable') {
       // A parse failure is never a decision. It may be a half-written save: read again shortly.
-      this.#setProblem(tracked, { code: file.error.code, message: file.error.message });
+      // An empty file is the first half of nearly every in-place save: not worth a warning.
+      if (file.error.code !== 'FILE_EMPTY')
+        this.#setProblem(tracked, { code: file.error.code, message: file.error.message });
       const delay = REREAD_DELAYS_MS[tracked.rereads];
       if (delay !== undefined) {
         tracked.rereads += 1;
@@ -183,15 +199,37 @@ export class Gate {
       return;
     }
     tracked.rereads = 0;
-    const verdict = evaluateDecision({ data: file.parsed.data, body: file.parsed.body, request, now });
+    const verdict = evaluateDecision({
+      data: file.parsed.data,
+      body: file.parsed.body,
+      request,
+      now,
+      approvers: this.#options.approversFor(request),
+      timeZone: this.#options.timeZone,
+    });
     switch (verdict.kind) {
       case 'pending':
         this.#setProblem(tracked, null);
         await this.#showProblem(request.id, null);
         return;
       case 'invalid':
-        this.#setProblem(tracked, { code: verdict.code, message: verdict.message });
+        if (this.#setProblem(tracked, { code: verdict.code, message: verdict.message })) {
+          await this.#options.audit.append({
+            approval_id: request.id,
+            event: 'decision_refused',
+            actor: typeof file.parsed.data.decided_by === 'string' ? file.parsed.data.decided_by : 'unknown',
+            request_hash: request.request_hash,
+            detail: `${verdict.code}: ${verdict.message}`,
+          });
+        }
         await this.#showProblem(request.id, tracked.problem);
+        return;
+      case 'void':
+        log.warn({ approval_id: request.id, code: verdict.code }, verdict.message);
+        await this.#accept(
+          tracked,
+          decision('VOID', verdict.decidedBy, `${verdict.code}: ${verdict.message}`),
+        );
         return;
       case 'approved':
       case 'rejected':
@@ -200,9 +238,7 @@ export class Gate {
           'decision seen',
         );
         await this.#accept(tracked, {
-          status: verdict.kind === 'approved' ? 'APPROVED' : 'REJECTED',
-          decided_by: verdict.decidedBy,
-          decided_at: formatTimestamp(now),
+          ...decision(verdict.kind === 'approved' ? 'APPROVED' : 'REJECTED', verdict.decidedBy, null),
           claimed_decided_at: verdict.claimedDecidedAt,
           reason: verdict.kind === 'rejected' ? verdict.reason : verdict.comment,
         });
@@ -210,13 +246,31 @@ export class Gate {
     }
   }
 
-  #setProblem(tracked: Tracked, problem: DecisionProblem | null): void {
+  /** A missing file may be an editor's delete-and-recreate save; only a lasting absence cancels. */
+  async #onMissing(tracked: Tracked, cancellation: Decision): Promise<void> {
+    const elapsed = tracked.missingSince === null ? 0 : performance.now() - tracked.missingSince;
+    if (tracked.missingSince === null) tracked.missingSince = performance.now();
+    if (elapsed >= MISSING_FILE_GRACE_MS) {
+      await this.#accept(tracked, cancellation);
+      return;
+    }
+    this.#setProblem(tracked, {
+      code: 'FILE_MISSING',
+      message: `The approval file ${tracked.request.id}.md is missing; unless it reappears the request is cancelled.`,
+    });
+    setTimeout(() => void this.check(tracked.request.id), MISSING_FILE_GRACE_MS - elapsed + 10).unref();
+  }
+
+  /** Records the problem; returns true when it is new (so it is logged and audited once). */
+  #setProblem(tracked: Tracked, problem: DecisionProblem | null): boolean {
     const previous = tracked.problem;
     tracked.problem = problem;
     if (problem && (previous?.code !== problem.code || previous.message !== problem.message)) {
       this.#options.log.warn({ approval_id: tracked.request.id, code: problem.code }, problem.message);
       this.events.emit('changed', tracked.request.id);
+      return true;
     }
+    return false;
   }
 
   /** Writes the problem into the file, where the human is looking, or clears it once fixed. */
@@ -226,20 +280,87 @@ export class Gate {
     );
   }
 
+  /**
+   * A file event for a request that is not pending here: a file the server never issued, or an
+   * edit after the decision. Neither can ever cause an execution; both are told to the human.
+   */
+  async #inspectUntracked(id: string): Promise<void> {
+    if (this.#inspecting.has(id) || this.#stopped) return;
+    this.#inspecting.add(id);
+    try {
+      const { store, log, audit } = this.#options;
+      const file = await store.readApprovalFile(id);
+      if (file.kind !== 'ok') return;
+      const status = file.parsed.data.status;
+      const request = await store.readRequest(id);
+      let problem: DecisionProblem | null = null;
+      if (!request) {
+        if (status === 'PENDING') return;
+        problem = {
+          code: 'UNKNOWN_REQUEST',
+          message: `This server never issued ${id}; a decision in this file is ignored and nothing runs.`,
+        };
+      } else {
+        const decision = await store.readDecision(id);
+        if (!decision || decision.status === status) return;
+        problem = {
+          code: 'DECISION_ALREADY_MADE',
+          message: `${id} was already decided (${decision.status} by ${decision.decided_by ?? 'the server'}); this later edit is ignored.`,
+        };
+      }
+      const previous = this.#untrackedProblems.get(id);
+      this.#untrackedProblems.set(id, problem);
+      if (previous?.message !== problem.message) {
+        log.warn({ approval_id: id, code: problem.code }, problem.message);
+        await audit.append({
+          approval_id: id,
+          event: problem.code === 'UNKNOWN_REQUEST' ? 'unknown_request' : 'edit_ignored',
+          actor: typeof file.parsed.data.decided_by === 'string' ? file.parsed.data.decided_by : 'unknown',
+          request_hash: request?.request_hash ?? null,
+          detail: `status ${JSON.stringify(status)}`,
+        });
+      }
+      await this.#showProblem(id, problem);
+      this.events.emit('changed', id);
+    } catch (error) {
+      this.#options.log.error(
+        { approval_id: id, err: error instanceof Error ? error.message : String(error) },
+        'inspecting a file failed',
+      );
+    } finally {
+      this.#inspecting.delete(id);
+    }
+  }
+
   async #accept(tracked: Tracked, decision: Decision): Promise<void> {
-    const { store, log, onDecision } = this.#options;
-    const standing = await store.recordDecision(tracked.request.id, decision);
+    const { store, log, onDecision, audit } = this.#options;
+    const { request } = tracked;
+    const standing = await store.recordDecision(request.id, decision);
     this.#untrack(tracked);
     if (standing !== decision) {
-      log.info({ approval_id: tracked.request.id }, 'decision already recorded by another instance');
+      log.info({ approval_id: request.id }, 'decision already recorded by another instance');
       return;
     }
     log.info(
-      { approval_id: tracked.request.id, status: decision.status, decided_by: decision.decided_by },
+      { approval_id: request.id, status: decision.status, decided_by: decision.decided_by },
       'decision accepted',
     );
-    this.events.emit('changed', tracked.request.id);
-    await onDecision(tracked.request, decision);
+    const events = {
+      APPROVED: 'approved',
+      REJECTED: 'rejected',
+      EXPIRED: 'expired',
+      VOID: 'voided',
+      CANCELLED: 'cancelled',
+    } as const;
+    await audit.append({
+      approval_id: request.id,
+      event: events[decision.status],
+      actor: decision.decided_by ?? 'server',
+      request_hash: request.request_hash,
+      ...(decision.reason ? { detail: decision.reason } : {}),
+    });
+    this.events.emit('changed', request.id);
+    await onDecision(request, decision);
   }
 
   #untrack(tracked: Tracked): void {

@@ -53,10 +53,17 @@ export function hashCommand(command: MigrationCommand): string {
 }
 
 /** A decision the server has accepted. The first one recorded stands. */
+export const DecisionStatus = z
+  .enum(['APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED'])
+  .describe(
+    'EXPIRED: no valid decision in time. VOID: approved, but the file no longer showed what would run. ' +
+      'CANCELLED: the file was deleted or moved away while pending.',
+  );
+
 export const Decision = z
   .object({
-    status: z.enum(['APPROVED', 'REJECTED', 'EXPIRED']),
-    decided_by: z.string().nullable().describe('Who decided; null for EXPIRED (the server decided).'),
+    status: DecisionStatus,
+    decided_by: z.string().nullable().describe('Who decided; null when the server did (EXPIRED, CANCELLED).'),
     decided_at: z.string().describe("When the server accepted the decision, by the server's clock."),
     claimed_decided_at: z
       .string()

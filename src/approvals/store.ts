@@ -210,6 +210,13 @@ export class ApprovalStore {
           error: new GateError('FILE_TOO_LARGE', `${id}.md is larger than ${MAX_FILE_BYTES} bytes.`),
         };
       }
+      if (bytes.length === 0) {
+        // An in-place save truncates first and writes second; the write's own event follows.
+        return {
+          kind: 'unreadable',
+          error: new GateError('FILE_EMPTY', `${id}.md is empty (a save in progress?).`),
+        };
+      }
       const text = decodeUtf8(bytes);
       return { kind: 'ok', text, parsed: parseApprovalText(text) };
     } catch (error) {

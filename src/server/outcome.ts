@@ -11,8 +11,11 @@ export const ToolOutcome = z.object({
     .nullable()
     .describe('APR-YYYYMMDD-NNN; null when the request was refused before it was stored.'),
   status: z
-    .enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'REFUSED'])
-    .describe('The human decision. REFUSED: the request itself was invalid and never reached a human.'),
+    .enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED', 'REFUSED'])
+    .describe(
+      'The decision. VOID: approved, but the file no longer showed what would run (edited), so it can never run. ' +
+        'CANCELLED: the approval file was deleted or moved away. REFUSED: the request was invalid and never reached a human.',
+    ),
   execution: z
     .enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown'])
     .describe(
@@ -80,6 +83,16 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       final: true,
       message: `${decision.decided_by ?? 'A human'} rejected ${request.id}: ${decision.reason ?? '(no reason)'}. Nothing was executed.`,
       next_step: 'Address the reason before submitting a new request.',
+    };
+  }
+  if (decision.status === 'VOID' || decision.status === 'CANCELLED') {
+    return {
+      ...common,
+      status: decision.status,
+      execution: 'not_started',
+      final: true,
+      message: `${request.id} is ${decision.status}: ${decision.reason ?? ''} Nothing was executed.`,
+      next_step: 'Submit a new request if the change is still needed; tell the human what happened.',
     };
   }
   if (decision.status === 'EXPIRED') {
@@ -164,6 +177,8 @@ export function toToolResult(outcome: ToolOutcome): CallToolResult {
     outcome.status === 'REFUSED' ||
     outcome.status === 'REJECTED' ||
     outcome.status === 'EXPIRED' ||
+    outcome.status === 'VOID' ||
+    outcome.status === 'CANCELLED' ||
     outcome.execution === 'failed' ||
     outcome.execution === 'unknown';
   const headline = [outcome.message, outcome.next_step].filter(Boolean).join('\n');

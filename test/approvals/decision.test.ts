@@ -1,22 +1,25 @@
 import { describe, expect, it } from 'vitest';
 import { commentsFromBody, evaluateDecision, type DecisionVerdict } from '../../src/approvals/decision.js';
-import { sampleRequest } from '../helpers/requests.js';
+import { parseApprovalText } from '../../src/approvals/frontmatter.js';
+import { renderApprovalFile } from '../../src/approvals/render.js';
+import { sampleContext, sampleRequest } from '../helpers/requests.js';
 
 const request = sampleRequest();
 const beforeDeadline = new Date('2026-02-13T09:05:00Z');
 const afterDeadline = new Date('2026-02-13T09:15:01Z');
-const body =
-  '## Approval Decision\n\n**Status:** PENDING\n**Comments:** (add comments here)\n\n## Human Instructions\n';
+const rendered = parseApprovalText(renderApprovalFile(request, sampleContext));
+const body = rendered.body;
 
 function verdict(
   fields: Record<string, unknown>,
-  options: { now?: Date; body?: string } = {},
+  options: { now?: Date; body?: string; approvers?: string[] } = {},
 ): DecisionVerdict {
   return evaluateDecision({
-    data: { id: request.id, status: 'PENDING', decided_by: '', ...fields },
+    data: { ...rendered.data, ...fields },
     body: options.body ?? body,
     request,
     now: options.now ?? beforeDeadline,
+    approvers: options.approvers ?? null,
   });
 }
 
@@ -96,6 +99,25 @@ describe('evaluating a decision', () => {
       expect(result.kind === 'invalid' && result.message.length).toBeGreaterThan(20);
     });
   }
+
+  it('enforces the environment approver allowlist, case-insensitively', () => {
+    const approvers = ['Dana Reyes', 'Sam Okafor'];
+    expect(verdict({ status: 'APPROVED', decided_by: 'dana reyes' }, { approvers })).toMatchObject({
+      kind: 'approved',
+    });
+    expect(verdict({ status: 'APPROVED', decided_by: 'Mallory' }, { approvers })).toMatchObject({
+      kind: 'invalid',
+      code: 'DECIDED_BY_NOT_ALLOWED',
+    });
+  });
+
+  it('voids an approval when the shown command differs from the record', () => {
+    const edited = body.replace('ADD COLUMN loyalty_tier', 'ADD COLUMN loyalty_level');
+    expect(verdict({ status: 'APPROVED', decided_by: 'Dana' }, { body: edited })).toMatchObject({
+      kind: 'void',
+      code: 'COMMAND_TAMPERED',
+    });
+  });
 
   it("judges lateness by the server clock, not by the human's decided_at", () => {
     const backdated = { status: 'APPROVED', decided_by: 'Dana', decided_at: '2026-02-13T09:01:00Z' };

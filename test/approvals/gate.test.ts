@@ -2,6 +2,7 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/approvals/audit.js';
 import { Gate } from '../../src/approvals/gate.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
@@ -37,6 +38,9 @@ async function harness(): Promise<Harness> {
   const decided = new Promise<Decision>((resolve) => (resolveDecided = resolve));
   const gate = new Gate({
     store,
+    audit: new AuditLog(path.join(dir, 'state'), () => now),
+    timeZone: null,
+    approversFor: () => null,
     clock: () => now,
     log: silentLogger,
     recheckIntervalMs: 60_000,
