@@ -322,6 +322,11 @@ export class Pipeline {
     return this.#store.filePath(id);
   }
 
+  /** Why a file's content was not accepted, for any id (including ones this server never issued). */
+  async problemOf(id: string): Promise<DecisionProblem | null> {
+    return this.#gate.problem(id);
+  }
+
   async status(id: string): Promise<ApprovalStatus> {
     const request = await this.#store.readRequest(id);
     if (!request) {

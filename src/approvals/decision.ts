@@ -86,6 +86,13 @@ export function commentsFromBody(body: string): string | null {
 
 const STATUSES = HumanStatus.options;
 
+/** The Status display line of the Approval Decision section, upper-cased, if present. */
+function bodyStatus(body: string): string | null {
+  const section = /^## Approval Decision[ \t]*$([\s\S]*?)(?=^## |(?![\s\S]))/m.exec(body);
+  const line = /^\*\*Status:\*\*[ \t]*(\S+)/m.exec(section?.[1] ?? '');
+  return line?.[1]?.toUpperCase() ?? null;
+}
+
 export function evaluateDecision({
   data,
   body,
@@ -101,7 +108,16 @@ export function evaluateDecision({
     );
   }
   const status = data.status;
-  if (status === 'PENDING') return { kind: 'pending' };
+  if (status === 'PENDING') {
+    const shown = bodyStatus(body);
+    if (shown === 'APPROVED' || shown === 'REJECTED') {
+      return invalid(
+        'STATUS_IN_BODY_ONLY',
+        `The **Status:** line in the body says ${shown}, but decisions are read from the front matter only: set status: "${shown}" at the top of the file.`,
+      );
+    }
+    return { kind: 'pending' };
+  }
   if (status === 'EXPIRED') {
     return invalid(
       'STATUS_EXPIRED_BY_HAND',

@@ -303,10 +303,16 @@ export class Gate {
       } else {
         const decision = await store.readDecision(id);
         if (!decision || decision.status === status) return;
-        problem = {
-          code: 'DECISION_ALREADY_MADE',
-          message: `${id} was already decided (${decision.status} by ${decision.decided_by ?? 'the server'}); this later edit is ignored.`,
-        };
+        problem =
+          decision.status === 'EXPIRED'
+            ? {
+                code: 'DECISION_TOO_LATE',
+                message: `${id} expired at ${request.expires_at}; a decision saved after that is ignored and nothing runs.`,
+              }
+            : {
+                code: 'DECISION_ALREADY_MADE',
+                message: `${id} was already decided (${decision.status} by ${decision.decided_by ?? 'the server'}); this later edit is ignored.`,
+              };
       }
       const previous = this.#untrackedProblems.get(id);
       this.#untrackedProblems.set(id, problem);
