@@ -5,6 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { updateFrontMatter, type FrontMatterValue } from '../../src/approvals/frontmatter.js';
 import { saveAs } from '../../src/approvals/human-edit.js';
+import { RESULT_MARKER } from '../../src/approvals/render.js';
 import { hashCommand, type ApprovalRequest } from '../../src/approvals/request.js';
 import { silentLogger } from '../../src/log.js';
 import { Pipeline, type ApprovalStatus } from '../../src/pipeline.js';
@@ -146,9 +147,14 @@ async function runCase(index: number, fixture: Fixture): Promise<CaseResult> {
   if (fixture.first) {
     await saveAs(file, applyEdit(original, fixture.first, request), style);
     await until('the first decision', async () => (await pipeline.status(request.id)).decision !== null);
+    await until('its outcome in the file', async () =>
+      (await readFile(file, 'utf8')).includes(RESULT_MARKER),
+    );
   }
   if (fixture.after_expiry) {
     await until('expiry', async () => (await pipeline.status(request.id)).decision?.status === 'EXPIRED');
+    // A human who edits after expiry edits the file the server has already marked EXPIRED.
+    await until('EXPIRED in the file', async () => (await readFile(file, 'utf8')).includes(RESULT_MARKER));
   }
   const current = await readFile(file, 'utf8');
   const edited = applyEdit(current, fixture, request);
@@ -262,6 +268,7 @@ describe('benign edits through the same harness do execute', async () => {
     for (const [i, [name, fixture]] of corpus.entries()) {
       const { column, status } = results[i] as CaseResult;
       expect(columns.includes(column), name).toBe(fixture.expect === 'EXECUTED');
+      expect(status.decision?.status, name).toBe(fixture.expect === 'EXECUTED' ? 'APPROVED' : fixture.expect);
     }
   });
 });

@@ -300,6 +300,27 @@ describe('decisions that take longer than the wait bound', () => {
     expect(await columnsOf(knex, table)).toContain('after_restart');
   });
 
+  it('an approval of edited SQL is void: nothing runs, and the agent, the file and the log say why', async () => {
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN harmless int`),
+    );
+    const file = first.outcome.file ?? '';
+    const text = await readFile(file, 'utf8');
+    const tampered = text.replace('ADD COLUMN harmless int', 'DROP COLUMN name');
+    await saveAs(file, updateFrontMatter(tampered, { status: 'APPROVED', decided_by: 'Dana' }), 'rename');
+    const awaited = await server.call('await_approval', { id: first.outcome.approval_id });
+    expect(awaited.result.isError).toBe(true);
+    expect(awaited.outcome).toMatchObject({ status: 'VOID', execution: 'not_started', final: true });
+    expect(awaited.outcome.message).toContain('Execution Command block was edited');
+    const final = await waitForFileText(file, (t) => t.includes('## Outcome'));
+    expect(parseApprovalText(final).data).toMatchObject({ status: 'VOID' });
+    expect(parseApprovalText(final).data.gate_error).toContain('COMMAND_TAMPERED');
+    expect(server.stderr()).toContain('COMMAND_TAMPERED');
+    expect(await columnsOf(knex, table)).toEqual(expect.arrayContaining(['name']));
+    expect(await columnsOf(knex, table)).not.toContain('harmless');
+  });
+
   it('a typo in the status is refused and reported, and executes nothing', async () => {
     const first = await server.call(
       'execute_migration',
