@@ -504,12 +504,18 @@ export class Pipeline {
     await this.#writeToFile(id, {
       gate_error: undefined,
       execution: 'running',
-      execution_started_at: formatTimestamp(this.#clock()),
+      execution_started_at: formatTimestamp(this.#clock(), this.config.timezone),
     });
     this.#log.info(
       { approval_id: id, database: command.database, dry_run: command.dry_run },
       'execution started',
     );
+    await this.#audit.append({
+      approval_id: id,
+      event: 'execution_started',
+      actor: 'server',
+      request_hash: request.request_hash,
+    });
     let result: ExecutionResult;
     try {
       // From the canonical record, never from the file.
@@ -553,6 +559,13 @@ export class Pipeline {
       { approval_id: id, state: result.state, duration_ms: result.duration_ms },
       'execution finished',
     );
+    await this.#audit.append({
+      approval_id: id,
+      event: result.state === 'failed' ? 'execution_failed' : 'executed',
+      actor: 'server',
+      request_hash: request.request_hash,
+      detail: `${result.state} in ${result.duration_ms} ms${result.error ? `: ${result.error.message}` : ''}`,
+    });
     const summary =
       result.state === 'succeeded'
         ? `Succeeded in ${result.duration_ms} ms; committed.`

@@ -189,10 +189,39 @@ describe('decisions within the wait bound', () => {
     expect(missing.outcome.error?.code).toBe('APPROVAL_NOT_FOUND');
   });
 
+  it('keeps an audit trail of every transition with who, when and the request hash', async () => {
+    const lines = (await readFile(path.join(workspace.config.stateDir, 'audit.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map(
+        (line) =>
+          JSON.parse(line) as {
+            approval_id: string;
+            event: string;
+            actor: string;
+            request_hash: string;
+            at: string;
+          },
+      );
+    const [first] = (await approvalFileNames(workspace.config.approvalsDir)).sort();
+    const id = (first ?? '').replace(/\.md$/, '');
+    expect(lines.filter((l) => l.approval_id === id).map((l) => l.event)).toEqual([
+      'requested',
+      'approved',
+      'execution_started',
+      'executed',
+    ]);
+    expect(lines.find((l) => l.approval_id === id && l.event === 'approved')?.actor).toBe('Dana Reyes');
+    expect(lines.map((l) => l.event)).toEqual(expect.arrayContaining(['rejected', 'execution_failed']));
+    for (const line of lines) expect(Date.parse(line.at)).not.toBeNaN();
+  });
+
   it('never writes the connection string or its password into files, results or logs', async () => {
     const produced: string[] = [server.stderr()];
-    for (const name of await readdir(workspace.config.approvalsDir)) {
-      produced.push(await readFile(path.join(workspace.config.approvalsDir, name), 'utf8'));
+    for (const dir of [workspace.config.approvalsDir, workspace.config.stateDir]) {
+      for (const entry of await readdir(dir, { recursive: true, withFileTypes: true })) {
+        if (entry.isFile()) produced.push(await readFile(path.join(entry.parentPath, entry.name), 'utf8'));
+      }
     }
     const status = await server.call('get_approval_status', { id: 'APR-19990101-001' });
     produced.push(JSON.stringify(status.result));
