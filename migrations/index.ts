@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { ledgerMigration } from './20261125_001_ledger.js';
+import { ledgerStepsMigration } from './20261125_002_ledger_steps.js';
 
 interface GateMigration {
   up(knex: Knex): Promise<void>;
@@ -8,7 +9,10 @@ interface GateMigration {
 
 /** The gate's own migrations, in order. Names are what knex records in its migrations table. */
 function gateMigrations(schema: string): ReadonlyArray<readonly [string, GateMigration]> {
-  return [['20261125_001_ledger', ledgerMigration(schema)]];
+  return [
+    ['20261125_001_ledger', ledgerMigration(schema)],
+    ['20261125_002_ledger_steps', ledgerStepsMigration(schema)],
+  ];
 }
 
 /** A knex migration source over the list above, so the same code runs from src/ (tsx) and dist/. */

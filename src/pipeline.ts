@@ -21,6 +21,7 @@ import type { Logger } from './log.js';
 import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
 import { Executor } from './migration/execute.js';
 import type { ExecutionResult } from './migration/result.js';
+import { crashPoint } from './faults.js';
 import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
 
 /** What an agent submits. One zod schema: the MCP input schema and validation both come from it. */
@@ -152,6 +153,25 @@ async function validateMigrationFile(file: string | undefined, config: Config): 
   return normalised;
 }
 
+/** One sentence on what an execution did to the database, for the file and the agent. */
+export function summariseResult(result: ExecutionResult): string {
+  const applied = result.statements.map((s) => s.statement).join(', ');
+  switch (result.state) {
+    case 'succeeded':
+      return result.transactional
+        ? `Succeeded in ${result.duration_ms} ms; committed.`
+        : `Succeeded in ${result.duration_ms} ms; each statement committed on its own.`;
+    case 'rolled_back':
+      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.`;
+    case 'failed':
+      return result.transactional
+        ? 'Failed; the transaction was rolled back and nothing changed.'
+        : `Failed at statement ${result.error?.statement ?? '?'}, outside a transaction: ${applied ? `statements ${applied} took effect and stay applied` : 'no statement took effect'}.`;
+    case 'unknown':
+      return `Outcome UNKNOWN. ${result.error?.message ?? ''}${applied ? ` Statements ${applied} took effect.` : ''}`;
+  }
+}
+
 /**
  * The whole pipeline of DESIGN.md: request → approval store → gate → executor → result. The MCP
  * server and the CLI are thin shells over it.
@@ -259,7 +279,7 @@ export class Pipeline {
       );
     }
     const analysis = await analyseSql(input.sql);
-    assertExecutable(analysis);
+    assertExecutable(analysis, { dryRun: input.dry_run });
     if (input.rollback_sql !== undefined) {
       await analyseSql(input.rollback_sql).catch((error: unknown) => {
         throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
@@ -307,6 +327,7 @@ export class Pipeline {
       },
       'approval requested',
     );
+    crashPoint('after-file-write');
     await this.#audit.append({
       approval_id: request.id,
       event: 'requested',
@@ -517,16 +538,18 @@ export class Pipeline {
       request_hash: request.request_hash,
     });
     let result: ExecutionResult;
+    let ranHere: boolean;
     try {
       // From the canonical record, never from the file.
       const analysis = await analyseSql(command.sql);
-      result = await this.#target(command.database).executor.run({
+      ({ result, ranHere } = await this.#target(command.database).executor.run({
         approvalId: id,
         requestHash: request.request_hash,
         sql: command.sql,
         statements: analysis.statements,
         dryRun: command.dry_run,
-      });
+      }));
+      if (ranHere) crashPoint('after-commit');
     } catch (error) {
       const certain =
         error instanceof GateError &&
@@ -556,22 +579,29 @@ export class Pipeline {
     }
     this.#executions.set(id, { state: 'done', result });
     this.#log.info(
-      { approval_id: id, state: result.state, duration_ms: result.duration_ms },
-      'execution finished',
+      {
+        approval_id: id,
+        state: result.state,
+        duration_ms: result.duration_ms,
+        ran_here: ranHere,
+        executed_by: result.executed_by,
+      },
+      ranHere ? 'execution finished' : 'found the recorded result; not running it again',
     );
     await this.#audit.append({
       approval_id: id,
-      event: result.state === 'failed' ? 'execution_failed' : 'executed',
+      event: !ranHere
+        ? 'result_found'
+        : result.state === 'failed'
+          ? 'execution_failed'
+          : result.state === 'unknown'
+            ? 'outcome_unknown'
+            : 'executed',
       actor: 'server',
       request_hash: request.request_hash,
-      detail: `${result.state} in ${result.duration_ms} ms${result.error ? `: ${result.error.message}` : ''}`,
+      detail: `${result.state} in ${result.duration_ms} ms by ${result.executed_by}${result.error ? `: ${result.error.message}` : ''}`,
     });
-    const summary =
-      result.state === 'succeeded'
-        ? `Succeeded in ${result.duration_ms} ms; committed.`
-        : result.state === 'rolled_back'
-          ? `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.`
-          : `Failed; the transaction was rolled back and nothing changed.`;
+    const summary = summariseResult(result);
     const details = [
       ...result.statements.map(
         (s) =>

@@ -18,6 +18,8 @@ export type AuditEvent =
   | 'unknown_request'
   | 'execution_started'
   | 'executed'
+  /** This instance found another run's result in the ledger and did not run the SQL. */
+  | 'result_found'
   | 'execution_failed'
   | 'outcome_unknown';
 

@@ -1,6 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
+import { crashPoint } from '../faults.js';
 import type { Logger } from '../log.js';
 import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
 import type { AuditLog } from './audit.js';
@@ -158,9 +159,13 @@ export class Gate {
     const { store, clock, log } = this.#options;
     const { request } = tracked;
     const now = clock();
-    if (await store.readDecision(request.id)) {
-      // Decided already (by this instance, or another one sharing the state directory).
+    const standing = await store.readDecision(request.id);
+    if (standing) {
+      // Decided already: by an instance that shares the state directory, or by this one before a
+      // restart. Hand it on anyway; execution is idempotent (the ledger), and if the instance that
+      // recorded it died before executing, this is what makes the approval run.
       this.#untrack(tracked);
+      await this.#options.onDecision(request, standing);
       return;
     }
     const decision = (status: Decision['status'], decidedBy: string | null, reason: string | null) => ({
@@ -289,6 +294,8 @@ export class Gate {
     this.#inspecting.add(id);
     try {
       const { store, log, audit } = this.#options;
+      // Another instance may have written an outcome: let anyone waiting here look again.
+      this.events.emit('changed', id);
       const file = await store.readApprovalFile(id);
       if (file.kind !== 'ok') return;
       const status = file.parsed.data.status;
@@ -344,9 +351,14 @@ export class Gate {
     const standing = await store.recordDecision(request.id, decision);
     this.#untrack(tracked);
     if (standing !== decision) {
-      log.info({ approval_id: request.id }, 'decision already recorded by another instance');
+      log.info(
+        { approval_id: request.id, status: standing.status },
+        'decision already recorded by another instance',
+      );
+      await onDecision(request, standing);
       return;
     }
+    crashPoint('after-decision-recorded');
     log.info(
       { approval_id: request.id, status: decision.status, decided_by: decision.decided_by },
       'decision accepted',

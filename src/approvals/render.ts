@@ -72,9 +72,13 @@ export function renderApprovalFile(request: ApprovalRequest, context: RenderCont
   const { command } = request;
   const minutes = minutesBetween(request.created_at, request.expires_at);
   const relations = [...new Set(context.statements.flatMap((s) => s.relations))];
+  const stepByStep = context.statements.some((s) => !s.transactional);
   const mode = command.dry_run
     ? 'DRY RUN: the statements run in a transaction that is then rolled back; nothing is kept.'
-    : 'The statements run in one transaction and are committed together, or not at all.';
+    : stepByStep
+      ? '**NOT in one transaction:** at least one statement cannot run inside a transaction, so every statement ' +
+        'runs and commits on its own, in order. If one fails, the statements before it STAY APPLIED.'
+      : 'The statements run in one transaction and are committed together, or not at all.';
   const frontMatter = stringifyFrontMatter({
     id: request.id,
     created_at: request.created_at,
@@ -104,7 +108,7 @@ ${frontMatter}---
 **Type:** api_call (database migration)
 **Target:** ${command.environment} environment, database \`${command.database}\`${relations.length > 0 ? ` (${relations.map((r) => `\`${r}\``).join(', ')})` : ''}
 **Requested By:** ${request.requested_by}
-**Mode:** ${command.dry_run ? 'dry run (rolled back)' : 'execute and commit'}
+**Mode:** ${command.dry_run ? 'dry run (rolled back)' : stepByStep ? 'execute step by step, each statement committed on its own' : 'execute and commit in one transaction'}
 
 ### Action Details
 
@@ -152,8 +156,13 @@ ${statementTable(context.statements)}
 
 - Runs only after a valid human decision in this file, before ${request.expires_at}.
 - Runs from the server's own record of this request (hash \`${request.request_hash}\`), never from text re-read from this file.
-- Runs at most once: the ledger row is written in the same transaction as the migration.
-- One transaction with \`lock_timeout = ${context.lockTimeoutMs}ms\` and \`statement_timeout = ${context.statementTimeoutMs}ms\`; any error rolls everything back.
+${
+  stepByStep
+    ? `- Runs at most once: each statement is recorded in the ledger as started before it runs and as done after it; after a crash in between, the outcome is reported as unknown and never retried.
+- \`lock_timeout = ${context.lockTimeoutMs}ms\` and \`statement_timeout = ${context.statementTimeoutMs}ms\` for every statement; an error stops the run, but statements already done stay applied.`
+    : `- Runs at most once: the ledger row is written in the same transaction as the migration.
+- One transaction with \`lock_timeout = ${context.lockTimeoutMs}ms\` and \`statement_timeout = ${context.statementTimeoutMs}ms\`; any error rolls everything back.`
+}
 
 ## Compliance & Policy
 
@@ -180,7 +189,7 @@ ${rollback}
 **Comments:** ${PLACEHOLDERS.comments}
 
 ### If APPROVED:
-- The migration runs at once, ${command.dry_run ? 'and is rolled back (dry run)' : 'in one transaction'}
+- The migration runs at once, ${command.dry_run ? 'and is rolled back (dry run)' : stepByStep ? 'statement by statement, each committed on its own' : 'in one transaction'}
 - The outcome is appended to this file and returned to the agent
 
 ### If REJECTED:

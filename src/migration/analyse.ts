@@ -162,29 +162,32 @@ export async function analyseSql(sql: string): Promise<Analysis> {
   return { statements };
 }
 
+/** True when every statement can run inside one transaction (the all-or-nothing path). */
+export function isTransactional(analysis: Analysis): boolean {
+  return analysis.statements.every((statement) => statement.transactional);
+}
+
 /**
- * Refuses what this executor cannot run honestly: transaction control would break the single
- * transaction the migration runs in, and statements Postgres refuses inside a transaction need the
- * per-statement ledger of the non-transactional path, which is not built yet.
+ * Refuses what this executor cannot run honestly: transaction control would break the transaction
+ * the migration runs in, and a dry run cannot roll back statements that run outside a transaction.
  */
-export function assertExecutable(analysis: Analysis): void {
+export function assertExecutable(analysis: Analysis, options: { dryRun: boolean }): void {
   for (const statement of analysis.statements) {
     if (statement.kind === 'TransactionStmt') {
       throw new GateError(
         'SQL_TRANSACTION_CONTROL',
         `Statement ${statement.index + 1} controls transactions (BEGIN/COMMIT/ROLLBACK/SAVEPOINT). ` +
-          'The gate runs the whole migration in one transaction itself; remove it and resubmit.',
+          'The gate manages transactions itself; remove it and resubmit.',
         { context: { statement: statement.index + 1 } },
       );
     }
-    if (!statement.transactional) {
-      throw new GateError(
-        'SQL_NON_TRANSACTIONAL',
-        `Statement ${statement.index + 1} (${statement.kind}) cannot run inside a transaction block, ` +
-          'and this gate does not yet run non-transactional statements. Nothing was written or executed; ' +
-          'run it by hand with a DBA, or wait for non-transactional support.',
-        { context: { statement: statement.index + 1 } },
-      );
-    }
+  }
+  if (options.dryRun && !isTransactional(analysis)) {
+    const statement = analysis.statements.find((s) => !s.transactional);
+    throw new GateError(
+      'DRY_RUN_IMPOSSIBLE',
+      `Statement ${(statement?.index ?? 0) + 1} (${statement?.kind ?? ''}) cannot run inside a transaction, so a dry run ` +
+        'could not roll it back. Nothing was written; submit without dry_run, or rehearse on a copy of the database.',
+    );
   }
 }

@@ -5,6 +5,7 @@ import type { Knex } from 'knex';
 import { gateMigrationSource } from '../../migrations/index.js';
 import { withSession, type SqlSession } from '../db.js';
 import { GateError } from '../errors.js';
+import { crashPoint } from '../faults.js';
 import { lineAndColumn, type AnalysedStatement } from './analyse.js';
 import { ExecutionResult, type ExecutionError } from './result.js';
 
@@ -22,6 +23,12 @@ export interface ExecutorOptions {
   readonly lockTimeoutMs: number;
   readonly statementTimeoutMs: number;
   readonly instanceId?: string;
+}
+
+/** The result, and whether this call ran the SQL (false: it found an earlier run's result). */
+export interface ExecutionRun {
+  readonly result: ExecutionResult;
+  readonly ranHere: boolean;
 }
 
 /** First key of every advisory lock this gate takes ('APRG'), so it cannot collide with others' locks. */
@@ -68,10 +75,36 @@ function toExecutionError(error: unknown, statement: AnalysedStatement, sql: str
   };
 }
 
+type StatementOutcome = ExecutionResult['statements'][number];
+
+function outcomeOf(statement: AnalysedStatement, rowCount: number | null): StatementOutcome {
+  return {
+    statement: statement.index + 1,
+    kind: statement.kind,
+    rows_affected: ROW_COUNTING_KINDS.has(statement.kind) ? rowCount : null,
+  };
+}
+
+function totalRows(statements: readonly StatementOutcome[]): number | null {
+  const counted = statements.map((s) => s.rows_affected).filter((n): n is number => n !== null);
+  return counted.length > 0 ? counted.reduce((a, b) => a + b, 0) : null;
+}
+
+const json = (value: unknown) => (typeof value === 'string' ? (JSON.parse(value) as unknown) : value);
+const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : String(value));
+
 /**
- * Runs approved migrations. Every run happens in one transaction that also takes an advisory lock on
- * the approval id and inserts the ledger row, so "executed" and "recorded as executed" commit together
- * and a second instance (or a second call) finds the row instead of running the SQL again.
+ * Runs approved migrations at most once, even across crashes and instances.
+ *
+ * Transactional migrations (the normal case) run in one transaction that takes an advisory lock on
+ * the approval id, runs the statements under a savepoint with SET LOCAL timeouts, and inserts the
+ * ledger row before COMMIT: "executed" and "recorded as executed" commit together, and a second
+ * instance waiting on the lock finds the row instead of running the SQL again.
+ *
+ * Migrations with a statement Postgres refuses inside a transaction run step by step under a
+ * session advisory lock: the ledger row is committed as `running`, and each statement gets a step row
+ * committed as `started` before it and `done` after it. A run that died leaves `running` behind; the
+ * next look at it (with the lock free) turns it into `unknown`, naming the statement, and never retries.
  */
 export class Executor {
   readonly #knex: Knex;
@@ -87,6 +120,10 @@ export class Executor {
 
   get #ledger(): string {
     return `"${this.#options.ledgerSchema}".ledger`;
+  }
+
+  get #steps(): string {
+    return `"${this.#options.ledgerSchema}".ledger_steps`;
   }
 
   /** Creates or upgrades the gate's own tables (migrations/), once per process. */
@@ -106,7 +143,7 @@ export class Executor {
         this.#prepared = null;
         throw new GateError(
           'LEDGER_UNAVAILABLE',
-          `Cannot create the gate's ledger in schema "${this.#options.ledgerSchema}": ${error instanceof Error ? error.message : String(error)}`,
+          `Cannot create the gate's ledger in schema "${schema}": ${error instanceof Error ? error.message : String(error)}`,
           { cause: error },
         );
       });
@@ -114,19 +151,37 @@ export class Executor {
   }
 
   /**
-   * The recorded result for an approval, or null when it never reached the executor. Throws
-   * LEDGER_CONFLICT when the ledger holds the id for a different request.
+   * The recorded result for an approval; null when it never reached the executor or is running now.
+   * Throws LEDGER_CONFLICT when the ledger holds the id for a different request.
    */
   async lookup(approvalId: string, requestHash: string): Promise<ExecutionResult | null> {
     await this.prepare();
-    return withSession(this.#knex, (session) => this.#readLedger(session, approvalId, requestHash));
+    return withSession(this.#knex, async (session) => {
+      const recorded = await this.#readLedger(session, approvalId, requestHash);
+      if (recorded !== 'running') return recorded;
+      // A step-by-step run holds the session lock while alive. Free lock: the run died.
+      const { rows } = await session.query(
+        'select pg_try_advisory_lock($1, $2) as free',
+        this.#lockKeys(approvalId),
+      );
+      if (rows[0]?.free !== true) return null;
+      try {
+        return await this.#declareUnknown(session, approvalId, requestHash);
+      } finally {
+        await session.query('select pg_advisory_unlock($1, $2)', this.#lockKeys(approvalId));
+      }
+    });
+  }
+
+  #lockKeys(approvalId: string): [number, number] {
+    return [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(approvalId)];
   }
 
   async #readLedger(
     session: SqlSession,
     approvalId: string,
     requestHash: string,
-  ): Promise<ExecutionResult | null> {
+  ): Promise<ExecutionResult | 'running' | null> {
     const { rows } = await session.query(`select * from ${this.#ledger} where approval_id = $1`, [
       approvalId,
     ]);
@@ -140,47 +195,109 @@ export class Executor {
         { context: { approvalId } },
       );
     }
-    const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : String(value));
-    return ExecutionResult.parse({
+    if (row.state === 'running') return 'running';
+    const result = {
       state: row.state,
       dry_run: row.dry_run,
+      transactional: row.transactional,
       started_at: iso(row.started_at),
       finished_at: iso(row.finished_at),
       duration_ms: Number(row.duration_ms),
       rows_affected: row.rows_affected === null ? null : Number(row.rows_affected),
-      statements: typeof row.statements === 'string' ? JSON.parse(row.statements) : row.statements,
-      error: typeof row.error === 'string' ? JSON.parse(row.error) : row.error,
+      statements: json(row.statements),
+      error: json(row.error),
       executed_by: row.executed_by,
-    });
+    };
+    return ExecutionResult.parse(result);
+  }
+
+  /** Turns a dead step-by-step run into `unknown`, naming the statement that was in flight. */
+  async #declareUnknown(
+    session: SqlSession,
+    approvalId: string,
+    requestHash: string,
+  ): Promise<ExecutionResult> {
+    const { rows: steps } = await session.query(
+      `select * from ${this.#steps} where approval_id = $1 order by statement`,
+      [approvalId],
+    );
+    const done = steps.filter((s) => s.state === 'done');
+    const inFlight = steps.find((s) => s.state === 'started');
+    const message = inFlight
+      ? `The server stopped while statement ${String(inFlight.statement)} was running, outside a transaction: ` +
+        `${String(inFlight.sql).trim()}. Whether it took effect is unknown and it will NOT be retried. ` +
+        'Check the database by hand (for CREATE INDEX CONCURRENTLY: does the index exist, and is pg_index.indisvalid true? ' +
+        'An invalid index must be dropped and rebuilt).'
+      : 'The server stopped between statements run outside a transaction; the statements listed as done took effect. Nothing will be retried.';
+    const error: ExecutionError = {
+      sqlstate: null,
+      message,
+      detail: null,
+      hint: null,
+      statement: inFlight ? Number(inFlight.statement) : null,
+      line: null,
+      column: null,
+    };
+    await session.query(
+      `update ${this.#ledger} set state = 'unknown', error = $2, finished_at = now() where approval_id = $1 and state = 'running'`,
+      [approvalId, JSON.stringify(error)],
+    );
+    const recorded = await this.#readLedger(session, approvalId, requestHash);
+    if (recorded === null || recorded === 'running') {
+      throw new GateError('LEDGER_CORRUPT', `The ledger row of ${approvalId} could not be marked unknown.`);
+    }
+    return {
+      ...recorded,
+      statements: done.map((s) => ({
+        statement: Number(s.statement),
+        kind: String(s.kind),
+        rows_affected: s.rows_affected === null ? null : Number(s.rows_affected),
+      })),
+    };
   }
 
   /**
    * Runs `job` at most once. Returns the result recorded in the ledger: this run's, or an earlier
    * one's if the approval was already executed (by this or another instance).
    */
-  async run(job: MigrationJob): Promise<ExecutionResult> {
+  async run(job: MigrationJob): Promise<ExecutionRun> {
     await this.prepare();
-    return withSession(this.#knex, async (session) => {
-      await session.query('begin');
-      try {
-        const result = await this.#runInTransaction(session, job);
-        await session.query('commit');
-        return result;
-      } catch (error) {
-        await session.query('rollback').catch(() => undefined);
-        throw error;
-      }
-    });
+    const transactional = job.statements.every((s) => s.transactional);
+    if (!transactional && job.dryRun) {
+      throw new GateError(
+        'DRY_RUN_IMPOSSIBLE',
+        'A dry run cannot roll back statements that run outside a transaction.',
+      );
+    }
+    return withSession(this.#knex, (session) =>
+      transactional ? this.#runInTransaction(session, job) : this.#runStepByStep(session, job),
+    );
   }
 
-  async #runInTransaction(session: SqlSession, job: MigrationJob): Promise<ExecutionResult> {
+  async #runInTransaction(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
+    await session.query('begin');
+    try {
+      const run = await this.#transactionBody(session, job);
+      await session.query('commit');
+      return run;
+    } catch (error) {
+      await session.query('rollback').catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async #transactionBody(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
     // Waits while another instance runs the same approval; its commit makes the ledger row visible.
-    await session.query('select pg_advisory_xact_lock($1, $2)', [
-      ADVISORY_LOCK_NAMESPACE,
-      advisoryLockKey(job.approvalId),
-    ]);
+    await session.query('select pg_advisory_xact_lock($1, $2)', this.#lockKeys(job.approvalId));
+    crashPoint('after-advisory-lock');
     const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
-    if (earlier) return earlier;
+    if (earlier === 'running') {
+      throw new GateError(
+        'LEDGER_CORRUPT',
+        `${job.approvalId} is recorded as running step by step, but its SQL is transactional.`,
+      );
+    }
+    if (earlier) return { result: earlier, ranHere: false };
 
     const startedAt = new Date();
     const start = performance.now();
@@ -190,49 +307,55 @@ export class Executor {
       `select set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)`,
       [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
     );
-    const statements: { statement: number; kind: string; rows_affected: number | null }[] = [];
+    const statements: StatementOutcome[] = [];
     let error: ExecutionError | null = null;
     for (const statement of job.statements) {
       try {
         const { rowCount } = await session.query(statement.text);
-        statements.push({
-          statement: statement.index + 1,
-          kind: statement.kind,
-          rows_affected: ROW_COUNTING_KINDS.has(statement.kind) ? rowCount : null,
-        });
+        statements.push(outcomeOf(statement, rowCount));
       } catch (caught) {
         error = toExecutionError(caught, statement, job.sql);
         break;
       }
+      crashPoint('mid-migration');
     }
     if (error !== null || job.dryRun) {
       await session.query('rollback to savepoint gate_migration');
     } else {
       await session.query('release savepoint gate_migration');
     }
-    const finishedAt = new Date();
-    const counted = statements.map((s) => s.rows_affected).filter((n): n is number => n !== null);
     const result: ExecutionResult = {
       state: error !== null ? 'failed' : job.dryRun ? 'rolled_back' : 'succeeded',
       dry_run: job.dryRun,
+      transactional: true,
       started_at: startedAt.toISOString(),
-      finished_at: finishedAt.toISOString(),
+      finished_at: new Date().toISOString(),
       duration_ms: Math.round(performance.now() - start),
-      rows_affected: counted.length > 0 ? counted.reduce((a, b) => a + b, 0) : null,
+      rows_affected: totalRows(statements),
       statements,
       error,
       executed_by: this.#instanceId,
     };
+    await this.#insertLedger(session, job, result);
+    return { result, ranHere: true };
+  }
+
+  async #insertLedger(
+    session: SqlSession,
+    job: MigrationJob,
+    result: ExecutionResult | (Omit<ExecutionResult, 'state'> & { state: 'running' }),
+  ): Promise<void> {
     await session.query(
       `insert into ${this.#ledger}
-         (approval_id, request_hash, state, dry_run, attempts, started_at, finished_at, duration_ms,
-          rows_affected, statements, error, executed_by)
-       values ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11)`,
+         (approval_id, request_hash, state, dry_run, transactional, attempts, started_at, finished_at,
+          duration_ms, rows_affected, statements, error, executed_by)
+       values ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12)`,
       [
         job.approvalId,
         job.requestHash,
         result.state,
         result.dry_run,
+        result.transactional,
         result.started_at,
         result.finished_at,
         result.duration_ms,
@@ -240,6 +363,105 @@ export class Executor {
         JSON.stringify(result.statements),
         result.error === null ? null : JSON.stringify(result.error),
         result.executed_by,
+      ],
+    );
+  }
+
+  async #runStepByStep(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
+    await session.query('select pg_advisory_lock($1, $2)', this.#lockKeys(job.approvalId));
+    try {
+      crashPoint('after-advisory-lock');
+      const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
+      if (earlier === 'running') {
+        // We hold the lock, so the run that wrote `running` is dead.
+        return {
+          result: await this.#declareUnknown(session, job.approvalId, job.requestHash),
+          ranHere: false,
+        };
+      }
+      if (earlier) return { result: earlier, ranHere: false };
+      return { result: await this.#steps_(session, job), ranHere: true };
+    } finally {
+      await session
+        .query('select pg_advisory_unlock($1, $2)', this.#lockKeys(job.approvalId))
+        .catch(() => undefined);
+    }
+  }
+
+  async #steps_(session: SqlSession, job: MigrationJob): Promise<ExecutionResult> {
+    const startedAt = new Date();
+    const start = performance.now();
+    await this.#insertLedger(session, job, {
+      state: 'running',
+      dry_run: false,
+      transactional: false,
+      started_at: startedAt.toISOString(),
+      finished_at: startedAt.toISOString(),
+      duration_ms: 0,
+      rows_affected: null,
+      statements: [],
+      error: null,
+      executed_by: this.#instanceId,
+    });
+    const statements: StatementOutcome[] = [];
+    let error: ExecutionError | null = null;
+    await session.query(
+      `select set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)`,
+      [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
+    );
+    try {
+      for (const statement of job.statements) {
+        const step = [job.approvalId, statement.index + 1];
+        await session.query(
+          `insert into ${this.#steps} (approval_id, statement, kind, sql, state, started_at) values ($1, $2, $3, $4, 'started', now())`,
+          [...step, statement.kind, statement.text],
+        );
+        crashPoint('after-step-started');
+        let rowCount: number | null;
+        try {
+          rowCount = (await session.query(statement.text)).rowCount;
+        } catch (caught) {
+          error = toExecutionError(caught, statement, job.sql);
+          await session.query(
+            `update ${this.#steps} set state = 'failed', finished_at = now(), error = $3 where approval_id = $1 and statement = $2`,
+            [...step, JSON.stringify(error)],
+          );
+          break;
+        }
+        crashPoint('after-step-executed');
+        const outcome = outcomeOf(statement, rowCount);
+        await session.query(
+          `update ${this.#steps} set state = 'done', finished_at = now(), rows_affected = $3 where approval_id = $1 and statement = $2`,
+          [...step, outcome.rows_affected],
+        );
+        statements.push(outcome);
+      }
+    } finally {
+      await session.query('reset lock_timeout; reset statement_timeout').catch(() => undefined);
+    }
+    const result: ExecutionResult = {
+      state: error === null ? 'succeeded' : 'failed',
+      dry_run: false,
+      transactional: false,
+      started_at: startedAt.toISOString(),
+      finished_at: new Date().toISOString(),
+      duration_ms: Math.round(performance.now() - start),
+      rows_affected: totalRows(statements),
+      statements,
+      error,
+      executed_by: this.#instanceId,
+    };
+    await session.query(
+      `update ${this.#ledger} set state = $2, finished_at = $3, duration_ms = $4, rows_affected = $5, statements = $6, error = $7
+        where approval_id = $1`,
+      [
+        job.approvalId,
+        result.state,
+        result.finished_at,
+        result.duration_ms,
+        result.rows_affected,
+        JSON.stringify(result.statements),
+        result.error === null ? null : JSON.stringify(result.error),
       ],
     );
     return result;

@@ -21,12 +21,19 @@ export const StatementOutcome = z.object({
 });
 
 /**
- * What the executor did. `succeeded`: committed. `failed`: an error occurred, the transaction was
- * rolled back, nothing changed. `rolled_back`: a dry run: every statement ran and was rolled back.
+ * What the executor did. `succeeded`: committed. `failed`: an error occurred; in a transaction it was
+ * rolled back and nothing changed, outside one the statements listed before the error stay applied.
+ * `rolled_back`: a dry run: every statement ran and was rolled back. `unknown`: the server stopped
+ * while a non-transactional statement ran; whether it took effect must be checked by a human.
  */
 export const ExecutionResult = z.object({
-  state: z.enum(['succeeded', 'failed', 'rolled_back']),
+  state: z.enum(['succeeded', 'failed', 'rolled_back', 'unknown']),
   dry_run: z.boolean(),
+  transactional: z
+    .boolean()
+    .describe(
+      'false: statements ran one by one outside a transaction; earlier ones stay applied if a later one fails.',
+    ),
   started_at: z.string(),
   finished_at: z.string(),
   duration_ms: z.number().int(),

@@ -2,7 +2,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { GateError, describeError } from '../errors.js';
 import { ExecutionResult } from '../migration/result.js';
-import type { ApprovalStatus } from '../pipeline.js';
+import { summariseResult, type ApprovalStatus } from '../pipeline.js';
 
 /** The one structured result every tool returns, so an agent handles a single shape. */
 export const ToolOutcome = z.object({
@@ -130,13 +130,17 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
     };
   }
   const { result } = status;
-  const where = result.error
-    ? ` Statement ${result.error.statement}, line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}`
-    : '';
-  const messages = {
-    succeeded: `${approvedBy}; the migration succeeded in ${result.duration_ms} ms and was committed.`,
-    rolled_back: `${approvedBy}; dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back. Nothing changed.`,
-    failed: `${approvedBy}, but the migration failed and was rolled back; nothing changed.${where}`,
+  const message =
+    result.state === 'failed' && result.error
+      ? `${approvedBy}: ${summariseResult(result)} Statement ${result.error.statement}, line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}`
+      : `${approvedBy}: ${summariseResult(result)}`;
+  const nextSteps = {
+    succeeded: null,
+    rolled_back: 'Submit the same SQL with dry_run: false to apply it (it needs a new approval).',
+    failed: result.transactional
+      ? 'Fix the SQL and submit a new request.'
+      : 'Some statements may have taken effect (see result.statements); ask a human before submitting anything else.',
+    unknown: 'Do not resubmit. Ask a human to check the database; the gate will not retry this statement.',
   } as const;
   return {
     ...common,
@@ -144,13 +148,8 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
     execution: result.state,
     final: true,
     result,
-    message: messages[result.state],
-    next_step:
-      result.state === 'failed'
-        ? 'Fix the SQL and submit a new request.'
-        : result.state === 'rolled_back'
-          ? 'Submit the same SQL with dry_run: false to apply it (it needs a new approval).'
-          : null,
+    message,
+    next_step: nextSteps[result.state],
   };
 }
 

@@ -3,12 +3,17 @@ import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
 import { Executor, type MigrationJob } from '../../src/migration/execute.js';
+import type { ExecutionResult } from '../../src/migration/result.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 
 let knex: Knex;
 let executor: Executor;
 const ledgerSchema = uniqueName('gate_exec_test');
 const table = uniqueName('customers');
+
+async function resultOf(on: Executor, j: MigrationJob): Promise<ExecutionResult> {
+  return (await on.run(j)).result;
+}
 
 async function job(approvalId: string, sql: string, dryRun = false): Promise<MigrationJob> {
   const { statements } = await analyseSql(sql);
@@ -33,7 +38,8 @@ afterAll(async () => {
 
 describe('executor on the real Postgres server', () => {
   it('runs a migration in one transaction and records it in the ledger', async () => {
-    const result = await executor.run(
+    const result = await resultOf(
+      executor,
       await job(
         'APR-20260101-001',
         `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`,
@@ -52,7 +58,8 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('never runs the same approval twice: a second run returns the recorded result', async () => {
-    const second = await executor.run(
+    const second = await resultOf(
+      executor,
       await job(
         'APR-20260101-001',
         `ALTER TABLE ${table} ADD COLUMN tier text; UPDATE ${table} SET tier = 'bronze'`,
@@ -72,8 +79,8 @@ describe('executor on the real Postgres server', () => {
     const other = new Executor(otherKnex, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
     try {
       const [a, b] = await Promise.all([
-        executor.run(await job('APR-20260101-002', sql)),
-        other.run(await job('APR-20260101-002', sql)),
+        resultOf(executor, await job('APR-20260101-002', sql)),
+        resultOf(other, await job('APR-20260101-002', sql)),
       ]);
       expect(a).toEqual(b);
     } finally {
@@ -85,7 +92,7 @@ describe('executor on the real Postgres server', () => {
 
   it('rolls everything back when a statement fails, and reports Postgres message and position', async () => {
     const sql = `ALTER TABLE ${table} ADD COLUMN doomed int;\nUPDATE ${table}\n  SET doomed = nosuchcolumn;`;
-    const result = await executor.run(await job('APR-20260101-003', sql));
+    const result = await resultOf(executor, await job('APR-20260101-003', sql));
     expect(result.state).toBe('failed');
     expect(result.error).toMatchObject({ sqlstate: '42703', statement: 2, line: 3, column: 16 });
     expect(result.error?.message).toContain('nosuchcolumn');
@@ -93,7 +100,8 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('dry run executes and rolls back: the schema is unchanged', async () => {
-    const result = await executor.run(
+    const result = await resultOf(
+      executor,
       await job('APR-20260101-004', `ALTER TABLE ${table} ADD COLUMN rehearsed int`, true),
     );
     expect(result.state).toBe('rolled_back');
@@ -102,7 +110,8 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('passes SQL verbatim: question marks are not turned into bind parameters', async () => {
-    const result = await executor.run(
+    const result = await resultOf(
+      executor,
       await job(
         'APR-20260101-005',
         `UPDATE ${table} SET name = 'why?' WHERE '{"a":1}'::jsonb ? 'a' AND id = 1`,
@@ -116,7 +125,8 @@ describe('executor on the real Postgres server', () => {
     const holder = await knex.transaction();
     try {
       await holder.raw(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
-      const result = await executor.run(
+      const result = await resultOf(
+        executor,
         await job('APR-20260101-006', `ALTER TABLE ${table} ADD COLUMN blocked int`),
       );
       expect(result.state).toBe('failed');

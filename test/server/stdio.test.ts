@@ -146,9 +146,9 @@ describe('decisions within the wait bound', () => {
     ['SQL the parser rejects', { sql: 'ALTER TABLE' }, 'SQL_PARSE_ERROR'],
     ['transaction control in the SQL', { sql: 'BEGIN; SELECT 1; COMMIT' }, 'SQL_TRANSACTION_CONTROL'],
     [
-      'a non-transactional statement',
-      { sql: `CREATE INDEX CONCURRENTLY i ON ${table}(name)` },
-      'SQL_NON_TRANSACTIONAL',
+      'a dry run of a statement that cannot be rolled back',
+      { sql: `CREATE INDEX CONCURRENTLY i ON ${table}(name)`, dry_run: true },
+      'DRY_RUN_IMPOSSIBLE',
     ],
     ['a rollback the parser rejects', { rollback_sql: 'DROP' }, 'ROLLBACK_SQL_INVALID'],
     ['backup_before, which cannot be honoured yet', { backup_before: true }, 'BACKUP_UNSUPPORTED'],
