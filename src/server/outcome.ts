@@ -116,7 +116,7 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       next_step: awaitStep,
     };
   }
-  if (status.execution === 'unknown' || status.result === null) {
+  if (status.result === null) {
     return {
       ...common,
       status: 'APPROVED',
