@@ -1,3 +1,5 @@
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
 import type { DatabaseConfig } from './config.js';
@@ -27,11 +29,73 @@ export function openDatabase(
       pool: { min: 0, max: 4 },
     });
   }
-  return knexFactory({
+  if (config.path === 'memory://') {
+    return knexFactory({ client: ClientPgLite, dialect: 'postgres', connection: {} } as Knex.Config);
+  }
+  const release = lockEmbeddedDatabase(name, config.path);
+  const knex = knexFactory({
     client: ClientPgLite,
     dialect: 'postgres',
-    connection: config.path === 'memory://' ? {} : { filename: config.path },
+    connection: { filename: config.path },
   } as Knex.Config);
+  // knex.destroy() ends in client.destroy(); the lock goes with the last connection.
+  const client = knex.client as { destroy: (callback?: unknown) => Promise<void> };
+  const destroy = client.destroy.bind(client);
+  client.destroy = async (callback?: unknown) => {
+    try {
+      await destroy(callback);
+    } finally {
+      release();
+    }
+  };
+  return knex;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * PGlite runs inside one process and has no locking of its own: two processes opening one data
+ * directory (two Claude Desktop windows, say) would corrupt it. A lock file beside the directory,
+ * holding the owner's pid, refuses the second opener; a lock left by a dead process is taken over.
+ * Several instances need a real Postgres server.
+ */
+export function lockEmbeddedDatabase(name: string, dataDir: string): () => void {
+  const lockFile = path.join(path.dirname(dataDir), `.${path.basename(dataDir)}.approval-gate.lock`);
+  mkdirSync(path.dirname(dataDir), { recursive: true });
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    try {
+      writeFileSync(lockFile, String(process.pid), { flag: 'wx' });
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        rmSync(lockFile, { force: true });
+      };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const owner = Number(readFileSync(lockFile, 'utf8').trim());
+      if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && isAlive(owner)) {
+        throw new GateError(
+          'DATABASE_LOCKED',
+          `The embedded database "${name}" (${dataDir}) is open in another process (pid ${owner}). ` +
+            'PGlite cannot be shared between processes; stop the other one, or use a real Postgres server for several instances.',
+          { context: { database: name } },
+        );
+      }
+      rmSync(lockFile, { force: true });
+    }
+  }
+  throw new GateError(
+    'DATABASE_LOCKED',
+    `Could not take the lock ${lockFile} of the embedded database "${name}".`,
+  );
 }
 
 export interface QueryResult {

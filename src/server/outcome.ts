@@ -81,7 +81,7 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       status: 'REJECTED',
       execution: 'not_started',
       final: true,
-      message: `${decision.decided_by ?? 'A human'} rejected ${request.id}: ${decision.reason ?? '(no reason)'}. Nothing was executed.`,
+      message: `${decision.decided_by ?? 'A human'} rejected ${request.id}: ${(decision.reason ?? '(no reason)').replace(/\.$/, '')}. Nothing was executed.`,
       next_step: 'Address the reason before submitting a new request.',
     };
   }

@@ -86,6 +86,18 @@ describe('the embedded PGlite database', () => {
     );
     expect((await applied).outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
 
+    // A second process on the same embedded database is refused instead of corrupting it.
+    const second = await startStdioServer(workspace.configPath);
+    const refused = await second.call('execute_migration', {
+      environment: 'staging',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'Second process',
+      reason: 'PGlite cannot be shared between processes.',
+    });
+    expect(refused.outcome).toMatchObject({ status: 'REFUSED', error: { code: 'DATABASE_LOCKED' } });
+    await second.close();
+
     await server.close();
     const after = await columns(path.join(workspace.dir, 'pgdata'));
     expect(after).toContain('loyalty_tier');
