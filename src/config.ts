@@ -135,11 +135,42 @@ export const ConfigSchema = z
       .describe('Safety-net re-read of pending files; file-system events are the fast path.'),
     executor: z
       .object({
-        lock_timeout_ms: z.number().int().min(1).max(600_000).default(3000),
+        lock_timeout_ms: z
+          .number()
+          .int()
+          .min(1)
+          .max(600_000)
+          .default(2000)
+          .describe(
+            'How long a statement may wait for a lock before giving up (then the transaction is retried).',
+          ),
         statement_timeout_ms: z.number().int().min(1).max(86_400_000).default(600_000),
+        lock_retries: z
+          .number()
+          .int()
+          .min(0)
+          .max(20)
+          .default(5)
+          .describe(
+            'Retries of a transactional migration that timed out on a lock or deadlocked; 0: no retry.',
+          ),
+        retry_delay_ms: z
+          .number()
+          .int()
+          .min(0)
+          .max(60_000)
+          .default(500)
+          .describe('First backoff before a retry; it doubles (with jitter) up to max_retry_delay_ms.'),
+        max_retry_delay_ms: z.number().int().min(0).max(600_000).default(10_000),
       })
       .strict()
-      .default({ lock_timeout_ms: 3000, statement_timeout_ms: 600_000 }),
+      .default({
+        lock_timeout_ms: 2000,
+        statement_timeout_ms: 600_000,
+        lock_retries: 5,
+        retry_delay_ms: 500,
+        max_retry_delay_ms: 10_000,
+      }),
   })
   .strict();
 

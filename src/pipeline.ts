@@ -99,6 +99,8 @@ export interface ApprovalStatus {
   readonly result: ExecutionResult | null;
   /** Why the outcome is unknown or why execution could not start, when it is. */
   readonly executionError: string | null;
+  /** What a running execution is doing now (attempt, lock waits), when this instance runs it. */
+  readonly progress?: string | null;
   /** True when nothing more will happen to this request. */
   readonly final: boolean;
 }
@@ -116,7 +118,7 @@ interface Target {
 }
 
 type LocalExecution =
-  | { readonly state: 'running' }
+  | { readonly state: 'running'; readonly note?: string }
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
 
@@ -240,6 +242,11 @@ export class Pipeline {
           ledgerSchema: this.config.ledger_schema,
           lockTimeoutMs: this.config.executor.lock_timeout_ms,
           statementTimeoutMs: this.config.executor.statement_timeout_ms,
+          lockRetry: {
+            retries: this.config.executor.lock_retries,
+            initialDelayMs: this.config.executor.retry_delay_ms,
+            maxDelayMs: this.config.executor.max_retry_delay_ms,
+          },
         }),
       };
       this.#targets.set(database, target);
@@ -384,7 +391,14 @@ export class Pipeline {
       // Unreachable now, or a ledger conflict: the running execution (here or elsewhere) will say more.
       lookupError = describeError(error);
     }
-    return { ...base, execution: 'running', result: null, executionError: lookupError, final: false };
+    return {
+      ...base,
+      execution: 'running',
+      result: null,
+      executionError: lookupError,
+      progress: local?.state === 'running' ? (local.note ?? null) : null,
+      final: false,
+    };
   }
 
   /**
@@ -542,13 +556,20 @@ export class Pipeline {
     try {
       // From the canonical record, never from the file.
       const analysis = await analyseSql(command.sql);
-      ({ result, ranHere } = await this.#target(command.database).executor.run({
-        approvalId: id,
-        requestHash: request.request_hash,
-        sql: command.sql,
-        statements: analysis.statements,
-        dryRun: command.dry_run,
-      }));
+      ({ result, ranHere } = await this.#target(command.database).executor.run(
+        {
+          approvalId: id,
+          requestHash: request.request_hash,
+          sql: command.sql,
+          statements: analysis.statements,
+          dryRun: command.dry_run,
+        },
+        (note) => {
+          this.#executions.set(id, { state: 'running', note });
+          this.#log.info({ approval_id: id, note }, 'execution progress');
+          this.#events.emit(id);
+        },
+      ));
       if (ranHere) crashPoint('after-commit');
     } catch (error) {
       const certain =

@@ -18,11 +18,43 @@ export interface MigrationJob {
   readonly dryRun: boolean;
 }
 
+export interface LockRetryPolicy {
+  /** Retries after the first attempt; 0 disables retrying. */
+  readonly retries: number;
+  readonly initialDelayMs: number;
+  readonly maxDelayMs: number;
+}
+
 export interface ExecutorOptions {
   readonly ledgerSchema: string;
   readonly lockTimeoutMs: number;
   readonly statementTimeoutMs: number;
+  /** Transactional migrations that hit lock_timeout or a deadlock are retried whole, with backoff. */
+  readonly lockRetry?: LockRetryPolicy;
   readonly instanceId?: string;
+}
+
+/** Progress while running: attempts, waits for locks, retries. */
+export type ProgressListener = (note: string) => void;
+
+/** lock_not_available (lock_timeout) and deadlock_detected: the transaction rolled back; safe to retry. */
+const RETRYABLE_SQLSTATES = new Set(['55P03', '40P01']);
+
+/** Thrown inside a transaction to roll it back whole and try again; never leaves the executor. */
+class RetryableLockFailure extends Error {
+  constructor(readonly failure: ExecutionError) {
+    super(failure.message);
+  }
+}
+
+/** Exponential backoff with jitter (50–100 % of the step), so retrying instances do not align. */
+export function retryDelayMs(
+  policy: LockRetryPolicy,
+  retry: number,
+  random: () => number = Math.random,
+): number {
+  const step = Math.min(policy.maxDelayMs, policy.initialDelayMs * 2 ** (retry - 1));
+  return Math.round(step * (0.5 + random() * 0.5));
 }
 
 /** The result, and whether this call ran the SQL (false: it found an earlier run's result). */
@@ -260,7 +292,7 @@ export class Executor {
    * Runs `job` at most once. Returns the result recorded in the ledger: this run's, or an earlier
    * one's if the approval was already executed (by this or another instance).
    */
-  async run(job: MigrationJob): Promise<ExecutionRun> {
+  async run(job: MigrationJob, onProgress: ProgressListener = () => undefined): Promise<ExecutionRun> {
     await this.prepare();
     const transactional = job.statements.every((s) => s.transactional);
     if (!transactional && job.dryRun) {
@@ -269,15 +301,39 @@ export class Executor {
         'A dry run cannot roll back statements that run outside a transaction.',
       );
     }
-    return withSession(this.#knex, (session) =>
-      transactional ? this.#runInTransaction(session, job) : this.#runStepByStep(session, job),
-    );
+    if (!transactional) {
+      // No automatic retry here: a CREATE INDEX CONCURRENTLY that failed part-way leaves an invalid index.
+      onProgress('running statement by statement, outside a transaction');
+      return withSession(this.#knex, (session) => this.#runStepByStep(session, job));
+    }
+    const policy = this.#options.lockRetry ?? { retries: 0, initialDelayMs: 0, maxDelayMs: 0 };
+    const attempts = policy.retries + 1;
+    for (let attempt = 1; ; attempt += 1) {
+      onProgress(attempt === 1 ? 'running in one transaction' : `attempt ${attempt} of ${attempts}`);
+      try {
+        return await withSession(this.#knex, (session) =>
+          this.#runInTransaction(session, job, { attempt, final: attempt >= attempts }),
+        );
+      } catch (error) {
+        if (!(error instanceof RetryableLockFailure)) throw error;
+        const delay = retryDelayMs(policy, attempt);
+        onProgress(
+          `attempt ${attempt} of ${attempts} gave up waiting for a lock (${error.failure.message}); ` +
+            `everything was rolled back, retrying in ${delay} ms`,
+        );
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
   }
 
-  async #runInTransaction(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
+  async #runInTransaction(
+    session: SqlSession,
+    job: MigrationJob,
+    attempt: { attempt: number; final: boolean },
+  ): Promise<ExecutionRun> {
     await session.query('begin');
     try {
-      const run = await this.#transactionBody(session, job);
+      const run = await this.#transactionBody(session, job, attempt);
       await session.query('commit');
       return run;
     } catch (error) {
@@ -286,7 +342,11 @@ export class Executor {
     }
   }
 
-  async #transactionBody(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
+  async #transactionBody(
+    session: SqlSession,
+    job: MigrationJob,
+    { attempt, final }: { attempt: number; final: boolean },
+  ): Promise<ExecutionRun> {
     // Waits while another instance runs the same approval; its commit makes the ledger row visible.
     await session.query('select pg_advisory_xact_lock($1, $2)', this.#lockKeys(job.approvalId));
     crashPoint('after-advisory-lock');
@@ -315,6 +375,10 @@ export class Executor {
         statements.push(outcomeOf(statement, rowCount));
       } catch (caught) {
         error = toExecutionError(caught, statement, job.sql);
+        // Lock trouble before the last attempt: roll everything back (no ledger row) and try again.
+        if (!final && error.sqlstate !== null && RETRYABLE_SQLSTATES.has(error.sqlstate)) {
+          throw new RetryableLockFailure(error);
+        }
         break;
       }
       crashPoint('mid-migration');
@@ -336,7 +400,7 @@ export class Executor {
       error,
       executed_by: this.#instanceId,
     };
-    await this.#insertLedger(session, job, result);
+    await this.#insertLedger(session, job, result, attempt);
     return { result, ranHere: true };
   }
 
@@ -344,12 +408,13 @@ export class Executor {
     session: SqlSession,
     job: MigrationJob,
     result: ExecutionResult | (Omit<ExecutionResult, 'state'> & { state: 'running' }),
+    attempts = 1,
   ): Promise<void> {
     await session.query(
       `insert into ${this.#ledger}
          (approval_id, request_hash, state, dry_run, transactional, attempts, started_at, finished_at,
           duration_ms, rows_affected, statements, error, executed_by)
-       values ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12)`,
+       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12)`,
       [
         job.approvalId,
         job.requestHash,
@@ -363,6 +428,7 @@ export class Executor {
         JSON.stringify(result.statements),
         result.error === null ? null : JSON.stringify(result.error),
         result.executed_by,
+        attempts,
       ],
     );
   }

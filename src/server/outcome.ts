@@ -112,7 +112,7 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       status: 'APPROVED',
       execution: 'running',
       final: false,
-      message: `${approvedBy}; the migration is running.`,
+      message: `${approvedBy}; the migration is running${status.progress ? ` (${status.progress})` : ''}.`,
       next_step: awaitStep,
     };
   }

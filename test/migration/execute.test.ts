@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
-import { Executor, type MigrationJob } from '../../src/migration/execute.js';
+import { Executor, retryDelayMs, type MigrationJob } from '../../src/migration/execute.js';
 import type { ExecutionResult } from '../../src/migration/result.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 
@@ -135,6 +135,65 @@ describe('executor on the real Postgres server', () => {
       await holder.rollback();
     }
     expect(await columnsOf(knex, table)).not.toContain('blocked');
+  });
+
+  it('retries a transaction that timed out on a lock, and succeeds once the lock is released', async () => {
+    const patient = new Executor(knex, {
+      ledgerSchema,
+      lockTimeoutMs: 200,
+      statementTimeoutMs: 5000,
+      lockRetry: { retries: 10, initialDelayMs: 100, maxDelayMs: 400 },
+    });
+    const holder = await knex.transaction();
+    await holder.raw(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+    const notes: string[] = [];
+    const running = patient.run(
+      await job('APR-20260101-007', `ALTER TABLE ${table} ADD COLUMN waited int`),
+      (n) => notes.push(n),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    await holder.rollback();
+    const { result } = await running;
+    expect(result.state).toBe('succeeded');
+    expect(notes.some((n) => n.includes('gave up waiting for a lock'))).toBe(true);
+    expect(await columnsOf(knex, table)).toContain('waited');
+    const [row] = await knex
+      .withSchema(ledgerSchema)
+      .table('ledger')
+      .where({ approval_id: 'APR-20260101-007' });
+    expect(row.attempts).toBeGreaterThan(1);
+  });
+
+  it('fails cleanly after the last retry when the lock is never released, changing nothing', async () => {
+    const patient = new Executor(knex, {
+      ledgerSchema,
+      lockTimeoutMs: 100,
+      statementTimeoutMs: 5000,
+      lockRetry: { retries: 2, initialDelayMs: 50, maxDelayMs: 100 },
+    });
+    const holder = await knex.transaction();
+    try {
+      await holder.raw(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+      const { result } = await patient.run(
+        await job('APR-20260101-008', `ALTER TABLE ${table} ADD COLUMN never int`),
+      );
+      expect(result.state).toBe('failed');
+      expect(result.error?.sqlstate).toBe('55P03');
+    } finally {
+      await holder.rollback();
+    }
+    expect(await columnsOf(knex, table)).not.toContain('never');
+    const [row] = await knex
+      .withSchema(ledgerSchema)
+      .table('ledger')
+      .where({ approval_id: 'APR-20260101-008' });
+    expect(row.attempts).toBe(3);
+  });
+
+  it('backs off exponentially with jitter, capped', () => {
+    const policy = { retries: 5, initialDelayMs: 500, maxDelayMs: 3000 };
+    expect([1, 2, 3, 4].map((n) => retryDelayMs(policy, n, () => 1))).toEqual([500, 1000, 2000, 3000]);
+    expect(retryDelayMs(policy, 1, () => 0)).toBe(250);
   });
 
   it('refuses an approval id already in the ledger for a different request', async () => {
