@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { ledgerMigration } from './20261125_001_ledger.js';
 import { ledgerStepsMigration } from './20261125_002_ledger_steps.js';
+import { rollbackRehearsalMigration } from './20261125_003_rollback_rehearsal.js';
 
 interface GateMigration {
   up(knex: Knex): Promise<void>;
@@ -12,6 +13,7 @@ function gateMigrations(schema: string): ReadonlyArray<readonly [string, GateMig
   return [
     ['20261125_001_ledger', ledgerMigration(schema)],
     ['20261125_002_ledger_steps', ledgerStepsMigration(schema)],
+    ['20261125_003_rollback_rehearsal', rollbackRehearsalMigration(schema)],
   ];
 }
 

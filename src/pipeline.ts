@@ -20,6 +20,7 @@ import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
 import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
 import { Executor } from './migration/execute.js';
+import { assessRisks, type RiskFinding } from './migration/risks.js';
 import type { ExecutionResult } from './migration/result.js';
 import { crashPoint } from './faults.js';
 import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
@@ -103,6 +104,8 @@ export interface ApprovalStatus {
   readonly progress?: string | null;
   /** True when nothing more will happen to this request. */
   readonly final: boolean;
+  /** What the statements risk, computed from the parse tree. */
+  readonly findings: readonly RiskFinding[];
 }
 
 export interface PipelineOptions {
@@ -163,8 +166,18 @@ export function summariseResult(result: ExecutionResult): string {
       return result.transactional
         ? `Succeeded in ${result.duration_ms} ms; committed.`
         : `Succeeded in ${result.duration_ms} ms; each statement committed on its own.`;
-    case 'rolled_back':
-      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.`;
+    case 'rolled_back': {
+      const rehearsal = result.rollback_rehearsal;
+      const rollback =
+        rehearsal?.state === 'succeeded'
+          ? ' The rollback SQL, run after it, also succeeded.'
+          : rehearsal?.state === 'failed'
+            ? ` The rollback SQL FAILED at statement ${rehearsal.error?.statement ?? '?'}, line ${rehearsal.error?.line ?? '?'}: ${rehearsal.error?.message ?? ''}.`
+            : rehearsal?.state === 'not_provided'
+              ? ' No rollback SQL was provided to rehearse.'
+              : '';
+      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.${rollback}`;
+    }
     case 'failed':
       return result.transactional
         ? 'Failed; the transaction was rolled back and nothing changed.'
@@ -189,6 +202,7 @@ export class Pipeline {
   readonly #serverName: string;
   readonly #targets = new Map<string, Target>();
   readonly #executions = new Map<string, LocalExecution>();
+  readonly #findings = new Map<string, RiskFinding[]>();
   readonly #events = new EventEmitter();
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
@@ -255,7 +269,26 @@ export class Pipeline {
   }
 
   /** Validates, analyses and stores a request; nothing runs until a human approves it. */
-  async submit(raw: MigrationRequestInput): Promise<{ request: ApprovalRequest; analysis: Analysis }> {
+  #assess(analysis: Analysis): RiskFinding[] {
+    return assessRisks(analysis.statements, {
+      lockTimeoutMs: this.config.executor.lock_timeout_ms,
+      lockRetries: this.config.executor.lock_retries,
+    });
+  }
+
+  /** Risk findings of a stored request, recomputed from its record (cached). */
+  async findingsOf(request: ApprovalRequest): Promise<RiskFinding[]> {
+    let findings = this.#findings.get(request.id);
+    if (!findings) {
+      findings = this.#assess(await analyseSql(request.command.sql));
+      this.#findings.set(request.id, findings);
+    }
+    return findings;
+  }
+
+  async submit(
+    raw: MigrationRequestInput,
+  ): Promise<{ request: ApprovalRequest; analysis: Analysis; findings: RiskFinding[] }> {
     const parsed = MigrationRequestInput.safeParse(raw);
     if (!parsed.success) {
       throw new GateError(
@@ -287,6 +320,7 @@ export class Pipeline {
     }
     const analysis = await analyseSql(input.sql);
     assertExecutable(analysis, { dryRun: input.dry_run });
+    const findings = this.#assess(analysis);
     if (input.rollback_sql !== undefined) {
       await analyseSql(input.rollback_sql).catch((error: unknown) => {
         throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
@@ -319,6 +353,7 @@ export class Pipeline {
       },
       (request) =>
         renderApprovalFile(request, {
+          findings,
           statements: analysis.statements,
           lockTimeoutMs: this.config.executor.lock_timeout_ms,
           statementTimeoutMs: this.config.executor.statement_timeout_ms,
@@ -343,7 +378,8 @@ export class Pipeline {
       detail: `${command.environment}/${command.database}: ${request.title}`,
     });
     this.#gate.track(request);
-    return { request, analysis };
+    this.#findings.set(request.id, findings);
+    return { request, analysis, findings };
   }
 
   filePath(id: string): string {
@@ -361,7 +397,13 @@ export class Pipeline {
       throw new GateError('APPROVAL_NOT_FOUND', `No approval request ${id} was issued by this server.`);
     }
     const decision = await this.#store.readDecision(id);
-    const base = { request, file: this.#store.filePath(id), decision, problem: this.#gate.problem(id) };
+    const base = {
+      request,
+      file: this.#store.filePath(id),
+      decision,
+      problem: this.#gate.problem(id),
+      findings: await this.findingsOf(request),
+    };
     if (!decision) {
       return { ...base, execution: 'not_started', result: null, executionError: null, final: false };
     }
@@ -563,6 +605,10 @@ export class Pipeline {
           sql: command.sql,
           statements: analysis.statements,
           dryRun: command.dry_run,
+          rollback:
+            command.dry_run && command.rollback_sql !== null
+              ? { sql: command.rollback_sql, statements: (await analyseSql(command.rollback_sql)).statements }
+              : null,
         },
         (note) => {
           this.#executions.set(id, { state: 'running', note });

@@ -1,5 +1,6 @@
 import { Document, Scalar, YAMLMap } from 'yaml';
 import { stringifyFrontMatter } from './frontmatter.js';
+import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
 import type { ApprovalRequest, Decision } from './request.js';
 
 /** What the server computed about the SQL, shown beside the agent's own words. */
@@ -11,6 +12,8 @@ export interface StatementSummary {
 
 export interface RenderContext {
   readonly statements: readonly StatementSummary[];
+  /** Risk findings computed by the server from the parse tree. */
+  readonly findings: readonly RiskFinding[];
   readonly lockTimeoutMs: number;
   readonly statementTimeoutMs: number;
   /** Name of this MCP server as written in the Execution Command block. */
@@ -58,6 +61,24 @@ export function renderExecutionCommand(request: ApprovalRequest, serverName: str
 
 function minutesBetween(from: string, to: string): number {
   return Math.round((Date.parse(to) - Date.parse(from)) / 60_000);
+}
+
+const SEVERITY_LABEL = { danger: '🔴 DANGER', warning: '🟠 WARNING', info: '🔵 INFO' } as const;
+
+function findingsList(findings: readonly RiskFinding[]): string {
+  if (findings.length === 0)
+    return '_The server found no lock, rewrite or data-loss risk in these statements._';
+  const order = { danger: 0, warning: 1, info: 2 } as const;
+  return [...findings]
+    .sort((a, b) => order[a.severity] - order[b.severity])
+    .map((f, i) =>
+      [
+        `${i + 1}. **${SEVERITY_LABEL[f.severity]}: ${RISK_TITLES[f.code]}** (${f.statement === null ? 'whole migration' : `statement ${f.statement}`}${f.lock ? `; lock: ${f.lock}` : ''})`,
+        `   - ${f.message}`,
+        ...(f.safer ? [`   - Safer: ${f.safer}`] : []),
+      ].join('\n'),
+    )
+    .join('\n');
 }
 
 function statementTable(statements: readonly StatementSummary[]): string {
@@ -148,9 +169,10 @@ ${statementTable(context.statements)}
 
 ### Potential Risks
 
-- Every statement takes the locks Postgres needs for it; while one waits for a lock longer than
-  ${context.lockTimeoutMs} ms the migration fails and rolls back instead of queueing other sessions.
-- Any statement running longer than ${context.statementTimeoutMs} ms is cancelled and everything rolls back.
+Computed by the server from the SQL with Postgres' own parser, not taken from the agent; the
+agent's claims are in the Reasoning section above.
+
+${findingsList(context.findings)}
 
 ### Safeguards
 

@@ -19,6 +19,8 @@ export interface AnalysedStatement {
   readonly relations: readonly string[];
   /** False for statements Postgres refuses inside a transaction block. */
   readonly transactional: boolean;
+  /** The statement's parse tree (the node under `kind`), for risk analysis. */
+  readonly node: Readonly<Record<string, unknown>>;
 }
 
 export interface Analysis {
@@ -96,6 +98,35 @@ function collectRelations(node: unknown, into: Set<string>): void {
   }
 }
 
+const DROPPED_RELATION_TYPES = new Set([
+  'OBJECT_TABLE',
+  'OBJECT_VIEW',
+  'OBJECT_MATVIEW',
+  'OBJECT_FOREIGN_TABLE',
+]);
+
+/** DROP TABLE names its tables as string lists, not RangeVars. */
+function droppedRelations(kind: string, body: Node): string[] {
+  if (
+    kind !== 'DropStmt' ||
+    typeof body.removeType !== 'string' ||
+    !DROPPED_RELATION_TYPES.has(body.removeType)
+  ) {
+    return [];
+  }
+  const objects = Array.isArray(body.objects) ? body.objects : [];
+  return objects
+    .map((object: unknown) => {
+      const items =
+        isNode(object) && isNode(object.List) && Array.isArray(object.List.items) ? object.List.items : [];
+      return items
+        .map((item: unknown) => (isNode(item) && isNode(item.String) ? item.String.sval : undefined))
+        .filter((part): part is string => typeof part === 'string')
+        .join('.');
+    })
+    .filter((name) => name.length > 0);
+}
+
 /** Converts a byte offset in `sql`'s UTF-8 encoding to a JavaScript string offset. */
 function charOffset(utf8: Buffer, byteOffset: number): number {
   return utf8.subarray(0, byteOffset).toString('utf8').length;
@@ -144,6 +175,7 @@ export async function analyseSql(sql: string): Promise<Analysis> {
     const text = utf8.subarray(startByte, endByte).toString('utf8');
     const relations = new Set<string>();
     collectRelations(body, relations);
+    for (const name of droppedRelations(kind, body)) relations.add(name);
     statements.push({
       index,
       kind,
@@ -151,6 +183,7 @@ export async function analyseSql(sql: string): Promise<Analysis> {
       offset,
       relations: [...relations],
       transactional: !isNonTransactional(kind, body),
+      node: body,
     });
   }
   if (statements.length === 0) {

@@ -16,6 +16,8 @@ export interface MigrationJob {
   readonly sql: string;
   readonly statements: readonly AnalysedStatement[];
   readonly dryRun: boolean;
+  /** Dry runs rehearse the rollback too: its SQL and statements, when the request has one. */
+  readonly rollback?: { readonly sql: string; readonly statements: readonly AnalysedStatement[] } | null;
 }
 
 export interface LockRetryPolicy {
@@ -238,6 +240,7 @@ export class Executor {
       rows_affected: row.rows_affected === null ? null : Number(row.rows_affected),
       statements: json(row.statements),
       error: json(row.error),
+      rollback_rehearsal: json(row.rollback_rehearsal) ?? null,
       executed_by: row.executed_by,
     };
     return ExecutionResult.parse(result);
@@ -383,6 +386,11 @@ export class Executor {
       }
       crashPoint('mid-migration');
     }
+    let rehearsal: ExecutionResult['rollback_rehearsal'] = null;
+    if (job.dryRun) {
+      rehearsal =
+        error !== null ? { state: 'not_reached', error: null } : await this.#rehearseRollback(session, job);
+    }
     if (error !== null || job.dryRun) {
       await session.query('rollback to savepoint gate_migration');
     } else {
@@ -398,10 +406,27 @@ export class Executor {
       rows_affected: totalRows(statements),
       statements,
       error,
+      rollback_rehearsal: rehearsal,
       executed_by: this.#instanceId,
     };
     await this.#insertLedger(session, job, result, attempt);
     return { result, ranHere: true };
+  }
+
+  /** Runs the rollback SQL after the migration, inside the dry run's savepoint, to prove it works. */
+  async #rehearseRollback(
+    session: SqlSession,
+    job: MigrationJob,
+  ): Promise<ExecutionResult['rollback_rehearsal']> {
+    if (!job.rollback) return { state: 'not_provided', error: null };
+    for (const statement of job.rollback.statements) {
+      try {
+        await session.query(statement.text);
+      } catch (caught) {
+        return { state: 'failed', error: toExecutionError(caught, statement, job.rollback.sql) };
+      }
+    }
+    return { state: 'succeeded', error: null };
   }
 
   async #insertLedger(
@@ -413,8 +438,8 @@ export class Executor {
     await session.query(
       `insert into ${this.#ledger}
          (approval_id, request_hash, state, dry_run, transactional, attempts, started_at, finished_at,
-          duration_ms, rows_affected, statements, error, executed_by)
-       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12)`,
+          duration_ms, rows_affected, statements, error, executed_by, rollback_rehearsal)
+       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12, $14)`,
       [
         job.approvalId,
         job.requestHash,
@@ -429,6 +454,7 @@ export class Executor {
         result.error === null ? null : JSON.stringify(result.error),
         result.executed_by,
         attempts,
+        result.rollback_rehearsal === null ? null : JSON.stringify(result.rollback_rehearsal),
       ],
     );
   }
@@ -467,6 +493,7 @@ export class Executor {
       rows_affected: null,
       statements: [],
       error: null,
+      rollback_rehearsal: null,
       executed_by: this.#instanceId,
     });
     const statements: StatementOutcome[] = [];
@@ -515,6 +542,7 @@ export class Executor {
       rows_affected: totalRows(statements),
       statements,
       error,
+      rollback_rehearsal: null,
       executed_by: this.#instanceId,
     };
     await session.query(

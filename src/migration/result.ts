@@ -40,6 +40,15 @@ export const ExecutionResult = z.object({
   rows_affected: z.number().int().nullable(),
   statements: z.array(StatementOutcome),
   error: ExecutionError.nullable(),
+  rollback_rehearsal: z
+    .object({
+      state: z.enum(['succeeded', 'failed', 'not_provided', 'not_reached']),
+      error: ExecutionError.nullable().describe('Line and column refer to the rollback SQL.'),
+    })
+    .nullable()
+    .describe(
+      'Dry runs only: the rollback SQL, run after the migration in the same rolled-back transaction.',
+    ),
   executed_by: z.string().describe('host:pid of the server instance that ran it.'),
 });
 export type ExecutionResult = z.infer<typeof ExecutionResult>;

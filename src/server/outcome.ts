@@ -2,6 +2,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { GateError, describeError } from '../errors.js';
 import { ExecutionResult } from '../migration/result.js';
+import { RiskFinding } from '../migration/risks.js';
 import { summariseResult, type ApprovalStatus } from '../pipeline.js';
 
 /** The one structured result every tool returns, so an agent handles a single shape. */
@@ -38,6 +39,12 @@ export const ToolOutcome = z.object({
     .nullable()
     .describe('Why the request was refused.'),
   result: ExecutionResult.nullable(),
+  findings: z
+    .array(RiskFinding)
+    .describe(
+      "The server's own analysis of the SQL: locks, rewrites, data loss, with safer alternatives. Read them before waiting: " +
+        'you may cancel and resubmit a safer version before a human spends time on this one.',
+    ),
 });
 export type ToolOutcome = z.infer<typeof ToolOutcome>;
 
@@ -58,6 +65,7 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
     file: status.file,
     expires_at: request.expires_at,
     problem: status.problem,
+    findings: [...status.findings],
     decided_by: decision?.decided_by ?? null,
     decided_at: decision?.decided_at ?? null,
     reason: decision?.reason ?? null,
@@ -136,7 +144,10 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       : `${approvedBy}: ${summariseResult(result)}`;
   const nextSteps = {
     succeeded: null,
-    rolled_back: 'Submit the same SQL with dry_run: false to apply it (it needs a new approval).',
+    rolled_back:
+      result.rollback_rehearsal?.state === 'failed'
+        ? 'Fix the rollback SQL and rehearse again with dry_run: true before asking for the real run.'
+        : 'Submit the same SQL with dry_run: false to apply it (it needs a new approval).',
     failed: result.transactional
       ? 'Fix the SQL and submit a new request.'
       : 'Some statements may have taken effect (see result.statements); ask a human before submitting anything else.',
@@ -158,6 +169,7 @@ export function outcomeOfRefusal(error: unknown): ToolOutcome {
   const message = describeError(error);
   return {
     ...NOTHING,
+    findings: [],
     approval_id: null,
     status: 'REFUSED',
     execution: 'not_started',
@@ -179,7 +191,8 @@ export function toToolResult(outcome: ToolOutcome): CallToolResult {
     outcome.status === 'VOID' ||
     outcome.status === 'CANCELLED' ||
     outcome.execution === 'failed' ||
-    outcome.execution === 'unknown';
+    outcome.execution === 'unknown' ||
+    outcome.result?.rollback_rehearsal?.state === 'failed';
   const headline = [outcome.message, outcome.next_step].filter(Boolean).join('\n');
   return {
     content: [{ type: 'text', text: `${headline}\n\n${JSON.stringify(outcome, null, 2)}` }],

@@ -32,6 +32,17 @@ export function sampleRequest(
 }
 
 export const sampleContext = {
+  findings: [
+    {
+      statement: 2,
+      code: 'INDEX_BLOCKS_WRITES' as const,
+      severity: 'danger' as const,
+      lock: 'SHARE on customers',
+      message:
+        'CREATE INDEX without CONCURRENTLY blocks every INSERT, UPDATE and DELETE on customers for the whole index build.',
+      safer: 'CREATE INDEX CONCURRENTLY idx_loyalty_tier ON customers (...) as a request of its own.',
+    },
+  ],
   statements: [
     { kind: 'AlterTableStmt', relations: ['customers'], transactional: true },
     { kind: 'IndexStmt', relations: ['customers'], transactional: true },

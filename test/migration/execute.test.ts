@@ -109,6 +109,31 @@ describe('executor on the real Postgres server', () => {
     expect(await columnsOf(knex, table)).not.toContain('rehearsed');
   });
 
+  it('a dry run rehearses the rollback too, reports a broken one, and changes nothing', async () => {
+    const sql = `ALTER TABLE ${table} ADD COLUMN rehearsed2 int`;
+    const broken = `ALTER TABLE ${table} DROP COLUMN rehearsed_typo`;
+    const { statements } = await analyseSql(broken);
+    const withBroken = {
+      ...(await job('APR-20260101-009', sql, true)),
+      rollback: { sql: broken, statements },
+    };
+    const { result } = await executor.run(withBroken);
+    expect(result.state).toBe('rolled_back');
+    expect(result.rollback_rehearsal).toMatchObject({
+      state: 'failed',
+      error: { sqlstate: '42703', statement: 1, line: 1 },
+    });
+    expect(await columnsOf(knex, table)).not.toContain('rehearsed2');
+
+    const good = `ALTER TABLE ${table} DROP COLUMN rehearsed2`;
+    const fine = {
+      ...(await job('APR-20260101-010', sql, true)),
+      rollback: { sql: good, statements: (await analyseSql(good)).statements },
+    };
+    expect((await executor.run(fine)).result.rollback_rehearsal).toEqual({ state: 'succeeded', error: null });
+    expect(await columnsOf(knex, table)).not.toContain('rehearsed2');
+  });
+
   it('passes SQL verbatim: question marks are not turned into bind parameters', async () => {
     const result = await resultOf(
       executor,

@@ -1,0 +1,403 @@
+import { z } from 'zod';
+import type { AnalysedStatement } from './analyse.js';
+
+/**
+ * What each statement will really do to a live database: the lock it takes, whether it rewrites or
+ * scans the table, whether it destroys data, and a safer way where one exists. Computed from the
+ * Postgres parse tree, never from the agent's description. Pure: the same SQL gives the same findings.
+ */
+
+export const RISK_CODES = [
+  'INDEX_BLOCKS_WRITES',
+  'CONCURRENT_INDEX',
+  'NON_ATOMIC_MIGRATION',
+  'ADD_COLUMN_REWRITE',
+  'ADD_COLUMN_METADATA_ONLY',
+  'ADD_COLUMN_NOT_NULL_NO_DEFAULT',
+  'SET_NOT_NULL_SCAN',
+  'COLUMN_TYPE_REWRITE',
+  'CONSTRAINT_VALIDATION_SCAN',
+  'UNIQUE_INDEX_UNDER_EXCLUSIVE_LOCK',
+  'DROP_TABLE',
+  'DROP_COLUMN',
+  'RENAME',
+  'TRUNCATE',
+  'UPDATE_WITHOUT_WHERE',
+  'DELETE_WITHOUT_WHERE',
+  'TIMEOUT_OVERRIDE',
+  'LOCK_TIMEOUT_ENFORCED',
+] as const;
+export type RiskCode = (typeof RISK_CODES)[number];
+
+/** A short headline per finding, for the approval file. */
+export const RISK_TITLES: Readonly<Record<RiskCode, string>> = {
+  INDEX_BLOCKS_WRITES: 'Index build blocks writes',
+  CONCURRENT_INDEX: 'Concurrent index build',
+  NON_ATOMIC_MIGRATION: 'Not all-or-nothing',
+  ADD_COLUMN_REWRITE: 'Column default rewrites the table',
+  ADD_COLUMN_METADATA_ONLY: 'Column added without a rewrite',
+  ADD_COLUMN_NOT_NULL_NO_DEFAULT: 'NOT NULL column without a default',
+  SET_NOT_NULL_SCAN: 'SET NOT NULL scans the table',
+  COLUMN_TYPE_REWRITE: 'Type change rewrites the table',
+  CONSTRAINT_VALIDATION_SCAN: 'Constraint validated under lock',
+  UNIQUE_INDEX_UNDER_EXCLUSIVE_LOCK: 'Unique index built under an exclusive lock',
+  DROP_TABLE: 'Table dropped',
+  DROP_COLUMN: 'Column dropped',
+  RENAME: 'Rename breaks running code',
+  TRUNCATE: 'All rows deleted',
+  UPDATE_WITHOUT_WHERE: 'UPDATE of every row',
+  DELETE_WITHOUT_WHERE: 'DELETE of every row',
+  TIMEOUT_OVERRIDE: "SQL overrides the gate's timeout",
+  LOCK_TIMEOUT_ENFORCED: 'Lock waits are bounded',
+};
+
+export const RiskFinding = z.object({
+  statement: z
+    .number()
+    .int()
+    .nullable()
+    .describe('1-based statement number; null for the migration as a whole.'),
+  code: z.enum(RISK_CODES),
+  severity: z.enum(['info', 'warning', 'danger']),
+  lock: z.string().nullable().describe('The lock the statement takes, e.g. "ACCESS EXCLUSIVE on customers".'),
+  message: z.string(),
+  safer: z.string().nullable().describe('A safer way to get the same result, when there is one.'),
+});
+export type RiskFinding = z.infer<typeof RiskFinding>;
+
+type Node = Readonly<Record<string, unknown>>;
+
+function isNode(value: unknown): value is Node {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function child(node: unknown, key: string): Node | null {
+  return isNode(node) && isNode(node[key]) ? node[key] : null;
+}
+
+function list(node: unknown, key: string): unknown[] {
+  return isNode(node) && Array.isArray(node[key]) ? node[key] : [];
+}
+
+function relationName(rangeVar: unknown): string {
+  if (!isNode(rangeVar) || typeof rangeVar.relname !== 'string') return '?';
+  return typeof rangeVar.schemaname === 'string'
+    ? `${rangeVar.schemaname}.${rangeVar.relname}`
+    : rangeVar.relname;
+}
+
+function names(items: unknown[]): string[] {
+  return items
+    .map((item) => child(item, 'String')?.sval)
+    .filter((name): name is string => typeof name === 'string');
+}
+
+/** Functions whose value differs per row: a default using one forces a table rewrite. */
+const VOLATILE_FUNCTIONS = new Set([
+  'random',
+  'gen_random_uuid',
+  'uuid_generate_v1',
+  'uuid_generate_v1mc',
+  'uuid_generate_v4',
+  'clock_timestamp',
+  'timeofday',
+  'nextval',
+  'txid_current',
+  'statement_timestamp',
+]);
+
+const SERIAL_TYPES = new Set(['serial', 'serial4', 'bigserial', 'serial8', 'smallserial', 'serial2']);
+
+type DefaultKind = 'none' | 'constant' | 'volatile' | 'unknown';
+
+/** Classifies a column default expression without a database: literals and now() are safe. */
+function defaultKind(expression: unknown): DefaultKind {
+  if (!isNode(expression)) return 'none';
+  if ('A_Const' in expression || 'SQLValueFunction' in expression) return 'constant';
+  const cast = child(expression, 'TypeCast');
+  if (cast) return defaultKind(cast.arg);
+  const call = child(expression, 'FuncCall');
+  if (call) {
+    const fn = names(list(call, 'funcname')).at(-1)?.toLowerCase() ?? '';
+    if (VOLATILE_FUNCTIONS.has(fn)) return 'volatile';
+    if (['now', 'current_timestamp', 'transaction_timestamp', 'current_date'].includes(fn)) return 'constant';
+    return 'unknown';
+  }
+  return 'unknown';
+}
+
+interface Context {
+  readonly statement: AnalysedStatement;
+  /** Tables created earlier in this migration: empty, so their locks and scans cost nothing. */
+  readonly created: ReadonlySet<string>;
+  readonly findings: RiskFinding[];
+}
+
+function add(ctx: Context, finding: Omit<RiskFinding, 'statement'>): void {
+  ctx.findings.push({ statement: ctx.statement.index + 1, ...finding });
+}
+
+function analyseAddColumn(ctx: Context, table: string, column: Node): void {
+  const name = typeof column.colname === 'string' ? column.colname : '?';
+  const typeNames = names(list(child(column, 'typeName'), 'names')).map((n) => n.toLowerCase());
+  const constraints = list(column, 'constraints')
+    .map((c) => child(c, 'Constraint'))
+    .filter(isNode);
+  const defaultConstraint = constraints.find((c) => c.contype === 'CONSTR_DEFAULT');
+  const notNull = constraints.some((c) => c.contype === 'CONSTR_NOTNULL');
+  const identityOrGenerated = constraints.some(
+    (c) => c.contype === 'CONSTR_IDENTITY' || c.contype === 'CONSTR_GENERATED',
+  );
+  const kind: DefaultKind = typeNames.some((t) => SERIAL_TYPES.has(t))
+    ? 'volatile'
+    : identityOrGenerated
+      ? 'volatile'
+      : defaultKind(defaultConstraint?.raw_expr);
+  const lock = `ACCESS EXCLUSIVE on ${table}`;
+  if (kind === 'volatile' || kind === 'unknown') {
+    add(ctx, {
+      code: 'ADD_COLUMN_REWRITE',
+      severity: kind === 'volatile' ? 'danger' : 'warning',
+      lock,
+      message:
+        `Adding column ${name} with a ${kind === 'volatile' ? 'volatile default (computed per row)' : 'default Postgres may not treat as constant'} ` +
+        `${kind === 'volatile' ? 'rewrites' : 'may rewrite'} all of ${table} while holding ACCESS EXCLUSIVE: no reads or writes until it finishes.`,
+      safer: `Add ${name} without a default, backfill it in batches, then SET DEFAULT for new rows.`,
+    });
+  } else if (kind === 'constant') {
+    add(ctx, {
+      code: 'ADD_COLUMN_METADATA_ONLY',
+      severity: 'info',
+      lock,
+      message: `Adding column ${name} with a constant default is a catalog change (PostgreSQL 11+): no rewrite; the lock is brief once granted.`,
+      safer: null,
+    });
+  } else if (notNull) {
+    add(ctx, {
+      code: 'ADD_COLUMN_NOT_NULL_NO_DEFAULT',
+      severity: 'warning',
+      lock,
+      message: `Column ${name} is NOT NULL without a default: the statement fails if ${table} has any row.`,
+      safer: `Give ${name} a constant DEFAULT, or add it nullable and backfill before setting NOT NULL.`,
+    });
+  }
+}
+
+function analyseConstraint(ctx: Context, table: string, constraint: Node): void {
+  const type = constraint.contype;
+  const conname = typeof constraint.conname === 'string' ? constraint.conname : 'the constraint';
+  if ((type === 'CONSTR_FOREIGN' || type === 'CONSTR_CHECK') && constraint.skip_validation !== true) {
+    const foreign = type === 'CONSTR_FOREIGN';
+    add(ctx, {
+      code: 'CONSTRAINT_VALIDATION_SCAN',
+      severity: 'danger',
+      lock: foreign
+        ? `SHARE ROW EXCLUSIVE on ${table} and ${relationName(constraint.pktable)}`
+        : `ACCESS EXCLUSIVE on ${table}`,
+      message:
+        `${foreign ? 'FOREIGN KEY' : 'CHECK'} ${conname} without NOT VALID checks every existing row of ${table} ` +
+        `while holding the lock${foreign ? ': writes to both tables wait' : ': reads and writes wait'}.`,
+      safer: `ADD CONSTRAINT ${conname} ... NOT VALID, then VALIDATE CONSTRAINT ${conname} in a separate request (SHARE UPDATE EXCLUSIVE: writes continue).`,
+    });
+  }
+  if ((type === 'CONSTR_PRIMARY' || type === 'CONSTR_UNIQUE') && typeof constraint.indexname !== 'string') {
+    add(ctx, {
+      code: 'UNIQUE_INDEX_UNDER_EXCLUSIVE_LOCK',
+      severity: 'danger',
+      lock: `ACCESS EXCLUSIVE on ${table}`,
+      message: `Adding a ${type === 'CONSTR_PRIMARY' ? 'PRIMARY KEY' : 'UNIQUE'} constraint builds its index while ${table} is locked against reads and writes.`,
+      safer: 'CREATE UNIQUE INDEX CONCURRENTLY first (its own request), then ADD CONSTRAINT ... USING INDEX.',
+    });
+  }
+}
+
+function analyseAlterTable(ctx: Context, node: Node): void {
+  const table = relationName(node.relation);
+  if (ctx.created.has(table)) return;
+  for (const item of list(node, 'cmds')) {
+    const cmd = child(item, 'AlterTableCmd');
+    if (!cmd) continue;
+    const column = typeof cmd.name === 'string' ? cmd.name : '?';
+    switch (cmd.subtype) {
+      case 'AT_AddColumn': {
+        const def = child(cmd.def, 'ColumnDef');
+        if (def) analyseAddColumn(ctx, table, def);
+        break;
+      }
+      case 'AT_SetNotNull':
+        add(ctx, {
+          code: 'SET_NOT_NULL_SCAN',
+          severity: 'danger',
+          lock: `ACCESS EXCLUSIVE on ${table}`,
+          message: `SET NOT NULL on ${column} scans all of ${table} while holding ACCESS EXCLUSIVE.`,
+          safer: `ADD CONSTRAINT ${column}_not_null CHECK (${column} IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT it in a separate request; then SET NOT NULL (PostgreSQL 12+ skips the scan) and drop the CHECK.`,
+        });
+        break;
+      case 'AT_AlterColumnType':
+        add(ctx, {
+          code: 'COLUMN_TYPE_REWRITE',
+          severity: 'danger',
+          lock: `ACCESS EXCLUSIVE on ${table}`,
+          message: `Changing the type of ${column} rewrites ${table} and its indexes under ACCESS EXCLUSIVE (unless the types are binary-coercible, such as widening a varchar).`,
+          safer: `Add a new column of the new type, backfill it in batches, switch the application, then drop ${column}.`,
+        });
+        break;
+      case 'AT_AddConstraint': {
+        const constraint = child(cmd.def, 'Constraint');
+        if (constraint) analyseConstraint(ctx, table, constraint);
+        break;
+      }
+      case 'AT_DropColumn':
+        add(ctx, {
+          code: 'DROP_COLUMN',
+          severity: 'danger',
+          lock: `ACCESS EXCLUSIVE on ${table}`,
+          message: `Dropping ${column} destroys its data for good; application code still reading it breaks.`,
+          safer:
+            'Stop using the column in the application first; back it up (backup_before) before dropping.',
+        });
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+function analyseStatement(ctx: Context): void {
+  const { kind, node } = ctx.statement;
+  switch (kind) {
+    case 'AlterTableStmt':
+      analyseAlterTable(ctx, node);
+      return;
+    case 'IndexStmt': {
+      const table = relationName(node.relation);
+      if (ctx.created.has(table)) return;
+      if (node.concurrent === true) {
+        add(ctx, {
+          code: 'CONCURRENT_INDEX',
+          severity: 'info',
+          lock: `SHARE UPDATE EXCLUSIVE on ${table}`,
+          message:
+            'Built CONCURRENTLY: writes continue. It runs outside a transaction; if it fails it leaves an INVALID index that must be dropped before retrying.',
+          safer: null,
+        });
+      } else {
+        add(ctx, {
+          code: 'INDEX_BLOCKS_WRITES',
+          severity: 'danger',
+          lock: `SHARE on ${table}`,
+          message: `CREATE INDEX without CONCURRENTLY blocks every INSERT, UPDATE and DELETE on ${table} for the whole index build.`,
+          safer:
+            `CREATE INDEX CONCURRENTLY ${typeof node.idxname === 'string' ? node.idxname : ''} ON ${table} (...) as a request of its own.`.replace(
+              '  ',
+              ' ',
+            ),
+        });
+      }
+      return;
+    }
+    case 'DropStmt':
+      if (node.removeType === 'OBJECT_TABLE') {
+        add(ctx, {
+          code: 'DROP_TABLE',
+          severity: 'danger',
+          lock: `ACCESS EXCLUSIVE on ${ctx.statement.relations.join(', ')}`,
+          message: `DROP TABLE destroys ${ctx.statement.relations.join(', ')} and all their data for good.`,
+          safer:
+            'Rename the table first and drop it in a later request once nothing uses it; back it up (backup_before).',
+        });
+      }
+      return;
+    case 'RenameStmt':
+      if (node.renameType === 'OBJECT_TABLE' || node.renameType === 'OBJECT_COLUMN') {
+        const table = relationName(node.relation);
+        add(ctx, {
+          code: 'RENAME',
+          severity: 'warning',
+          lock: `ACCESS EXCLUSIVE on ${table}`,
+          message: `Renaming ${node.renameType === 'OBJECT_COLUMN' ? `column ${String(node.subname)} of ` : ''}${table} breaks every running query and deployed application version that uses the old name.`,
+          safer:
+            'Expand and contract: add the new name (column or view) alongside the old one, move the application, then remove the old name.',
+        });
+      }
+      return;
+    case 'TruncateStmt':
+      add(ctx, {
+        code: 'TRUNCATE',
+        severity: 'danger',
+        lock: `ACCESS EXCLUSIVE on ${ctx.statement.relations.join(', ')}`,
+        message: `TRUNCATE deletes every row of ${ctx.statement.relations.join(', ')}.`,
+        safer: 'Back the table up (backup_before), or DELETE in batches with a WHERE clause.',
+      });
+      return;
+    case 'UpdateStmt':
+    case 'DeleteStmt':
+      if (node.whereClause === undefined) {
+        const table = relationName(node.relation);
+        const update = kind === 'UpdateStmt';
+        add(ctx, {
+          code: update ? 'UPDATE_WITHOUT_WHERE' : 'DELETE_WITHOUT_WHERE',
+          severity: 'danger',
+          lock: `ROW EXCLUSIVE on ${table}, and a lock on every row until commit`,
+          message: `${update ? 'UPDATE' : 'DELETE'} without WHERE ${update ? 'changes' : 'deletes'} every row of ${table} in one transaction.`,
+          safer: `Add a WHERE clause, or ${update ? 'update' : 'delete'} in batches of a few thousand rows per request.`,
+        });
+      }
+      return;
+    case 'VariableSetStmt':
+      if (node.name === 'lock_timeout' || node.name === 'statement_timeout') {
+        add(ctx, {
+          code: 'TIMEOUT_OVERRIDE',
+          severity: 'danger',
+          lock: null,
+          message: `The SQL sets ${node.name} itself, overriding the gate's safety timeout for the statements after it.`,
+          safer: `Remove the SET ${node.name}; the gate's executor sets it (configure executor.${node.name}_ms).`,
+        });
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+const STRONG_LOCK_KINDS = new Set(['AlterTableStmt', 'IndexStmt', 'DropStmt', 'RenameStmt', 'TruncateStmt']);
+
+/** Findings for a whole migration, in statement order, migration-wide ones last. */
+export function assessRisks(
+  statements: readonly AnalysedStatement[],
+  execution: { readonly lockTimeoutMs: number; readonly lockRetries: number },
+): RiskFinding[] {
+  const findings: RiskFinding[] = [];
+  const created = new Set<string>();
+  for (const statement of statements) {
+    analyseStatement({ statement, created, findings });
+    if (statement.kind === 'CreateStmt' || statement.kind === 'CreateTableAsStmt') {
+      for (const relation of statement.relations.slice(0, 1)) created.add(relation);
+    }
+  }
+  if (statements.length > 1 && statements.some((s) => !s.transactional)) {
+    findings.push({
+      statement: null,
+      code: 'NON_ATOMIC_MIGRATION',
+      severity: 'warning',
+      lock: null,
+      message:
+        'A statement here cannot run in a transaction, so every statement runs and commits on its own: if one fails, the ones before it stay applied.',
+      safer:
+        'Submit the statement that cannot run in a transaction (e.g. CREATE INDEX CONCURRENTLY) as a request of its own.',
+    });
+  }
+  if (statements.some((s) => STRONG_LOCK_KINDS.has(s.kind))) {
+    findings.push({
+      statement: null,
+      code: 'LOCK_TIMEOUT_ENFORCED',
+      severity: 'info',
+      lock: null,
+      message:
+        `The executor sets lock_timeout = ${execution.lockTimeoutMs} ms, so a statement never queues other sessions behind it for longer; ` +
+        `a transaction that gives up is rolled back whole and retried up to ${execution.lockRetries} times with backoff.`,
+      safer: null,
+    });
+  }
+  return findings;
+}

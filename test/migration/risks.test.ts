@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest';
+import { analyseSql } from '../../src/migration/analyse.js';
+import { assessRisks, type RiskCode } from '../../src/migration/risks.js';
+
+async function codes(sql: string): Promise<RiskCode[]> {
+  const { statements } = await analyseSql(sql);
+  return assessRisks(statements, { lockTimeoutMs: 2000, lockRetries: 5 }).map((f) => f.code);
+}
+
+async function findings(sql: string) {
+  const { statements } = await analyseSql(sql);
+  return assessRisks(statements, { lockTimeoutMs: 2000, lockRetries: 5 });
+}
+
+describe('risk analysis from the parse tree', () => {
+  it('flags the reference migration for its blocking index build, not for its constant default', async () => {
+    const result = await findings(
+      "ALTER TABLE customers\nADD COLUMN loyalty_tier VARCHAR(20) DEFAULT 'bronze'\nNOT NULL;\n\nCREATE INDEX idx_loyalty_tier ON customers(loyalty_tier);",
+    );
+    expect(result.map((f) => f.code)).toEqual([
+      'ADD_COLUMN_METADATA_ONLY',
+      'INDEX_BLOCKS_WRITES',
+      'LOCK_TIMEOUT_ENFORCED',
+    ]);
+    const index = result.find((f) => f.code === 'INDEX_BLOCKS_WRITES');
+    expect(index).toMatchObject({ statement: 2, severity: 'danger', lock: 'SHARE on customers' });
+    expect(index?.safer).toContain('CREATE INDEX CONCURRENTLY idx_loyalty_tier ON customers');
+  });
+
+  const cases: Array<[string, string, RiskCode]> = [
+    [
+      'an index built concurrently (writes continue, invalid index on failure)',
+      'CREATE INDEX CONCURRENTLY i ON t(c)',
+      'CONCURRENT_INDEX',
+    ],
+    [
+      'CONCURRENTLY mixed with other statements (not atomic)',
+      'ALTER TABLE t ADD c int; CREATE INDEX CONCURRENTLY i ON t(c)',
+      'NON_ATOMIC_MIGRATION',
+    ],
+    [
+      'ADD COLUMN with a volatile default (rewrite)',
+      'ALTER TABLE t ADD COLUMN u uuid DEFAULT gen_random_uuid()',
+      'ADD_COLUMN_REWRITE',
+    ],
+    ['ADD COLUMN of a serial type (rewrite)', 'ALTER TABLE t ADD COLUMN n bigserial', 'ADD_COLUMN_REWRITE'],
+    [
+      'ADD COLUMN with a constant default (metadata only)',
+      "ALTER TABLE t ADD COLUMN s text DEFAULT 'x'",
+      'ADD_COLUMN_METADATA_ONLY',
+    ],
+    [
+      'ADD COLUMN with now() (stable, metadata only)',
+      'ALTER TABLE t ADD COLUMN s timestamptz DEFAULT now()',
+      'ADD_COLUMN_METADATA_ONLY',
+    ],
+    [
+      'ADD COLUMN NOT NULL without default',
+      'ALTER TABLE t ADD COLUMN s int NOT NULL',
+      'ADD_COLUMN_NOT_NULL_NO_DEFAULT',
+    ],
+    ['SET NOT NULL (full scan)', 'ALTER TABLE t ALTER COLUMN c SET NOT NULL', 'SET_NOT_NULL_SCAN'],
+    ['ALTER COLUMN TYPE (rewrite)', 'ALTER TABLE t ALTER COLUMN c TYPE bigint', 'COLUMN_TYPE_REWRITE'],
+    [
+      'a FOREIGN KEY without NOT VALID',
+      'ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (u) REFERENCES users(id)',
+      'CONSTRAINT_VALIDATION_SCAN',
+    ],
+    [
+      'a CHECK without NOT VALID',
+      'ALTER TABLE t ADD CONSTRAINT c CHECK (n > 0)',
+      'CONSTRAINT_VALIDATION_SCAN',
+    ],
+    [
+      'a PRIMARY KEY built under ACCESS EXCLUSIVE',
+      'ALTER TABLE t ADD PRIMARY KEY (id)',
+      'UNIQUE_INDEX_UNDER_EXCLUSIVE_LOCK',
+    ],
+    ['DROP TABLE', 'DROP TABLE t', 'DROP_TABLE'],
+    ['DROP COLUMN', 'ALTER TABLE t DROP COLUMN c', 'DROP_COLUMN'],
+    ['RENAME of a column', 'ALTER TABLE t RENAME COLUMN a TO b', 'RENAME'],
+    ['RENAME of a table', 'ALTER TABLE t RENAME TO u', 'RENAME'],
+    ['TRUNCATE', 'TRUNCATE t', 'TRUNCATE'],
+    ['UPDATE without WHERE', 'UPDATE t SET c = 1', 'UPDATE_WITHOUT_WHERE'],
+    ['DELETE without WHERE', 'DELETE FROM t', 'DELETE_WITHOUT_WHERE'],
+    ['SQL that overrides lock_timeout', 'SET lock_timeout = 0; ALTER TABLE t ADD c int', 'TIMEOUT_OVERRIDE'],
+    [
+      'no lock_timeout of its own: the executor enforces one',
+      'ALTER TABLE t ADD c int DEFAULT 0',
+      'LOCK_TIMEOUT_ENFORCED',
+    ],
+  ];
+  for (const [what, sql, code] of cases) {
+    it(`finds ${what}`, async () => {
+      expect(await codes(sql)).toContain(code);
+    });
+  }
+
+  it('does not flag what is safe', async () => {
+    expect(
+      await codes('ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (u) REFERENCES users(id) NOT VALID'),
+    ).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+    expect(await codes('ALTER TABLE t VALIDATE CONSTRAINT f')).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+    expect(await codes('UPDATE t SET c = 1 WHERE id < 1000')).toEqual([]);
+    expect(await codes('SELECT 1')).toEqual([]);
+  });
+
+  it('does not flag work on a table created earlier in the same migration', async () => {
+    expect(
+      await codes(
+        'CREATE TABLE fresh (id int); CREATE INDEX i ON fresh(id); ALTER TABLE fresh ALTER COLUMN id SET NOT NULL',
+      ),
+    ).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+  });
+});
