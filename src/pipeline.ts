@@ -111,6 +111,11 @@ export interface ApprovalStatus {
 export interface PipelineOptions {
   readonly clock?: Clock;
   readonly log: Logger;
+  /**
+   * 'server' (default) watches files and executes approved requests. 'client' (the CLI) only reads
+   * and submits: it never decides or executes, a running server picks its requests up.
+   */
+  readonly role?: 'server' | 'client';
   readonly env?: NodeJS.ProcessEnv;
   readonly serverName?: string;
 }
@@ -200,6 +205,7 @@ export class Pipeline {
   readonly #log: Logger;
   readonly #env: NodeJS.ProcessEnv;
   readonly #serverName: string;
+  readonly #role: 'server' | 'client';
   readonly #targets = new Map<string, Target>();
   readonly #executions = new Map<string, LocalExecution>();
   readonly #findings = new Map<string, RiskFinding[]>();
@@ -212,6 +218,7 @@ export class Pipeline {
     this.#log = options.log;
     this.#env = options.env ?? process.env;
     this.#serverName = options.serverName ?? 'approval-gate';
+    this.#role = options.role ?? 'server';
     this.#events.setMaxListeners(0);
     this.#audit = new AuditLog(config.stateDir, this.#clock);
     this.#gate = new Gate({
@@ -232,8 +239,10 @@ export class Pipeline {
   static async open(config: Config, options: PipelineOptions): Promise<Pipeline> {
     const store = await ApprovalStore.open(config.approvalsDir, config.stateDir);
     const pipeline = new Pipeline(config, store, options);
-    pipeline.#gate.start();
-    await pipeline.#resume();
+    if (pipeline.#role === 'server') {
+      pipeline.#gate.start();
+      await pipeline.#resume();
+    }
     return pipeline;
   }
 
@@ -288,6 +297,7 @@ export class Pipeline {
 
   async submit(
     raw: MigrationRequestInput,
+    origin: { readonly requestedBy?: string; readonly rollbackOf?: string } = {},
   ): Promise<{ request: ApprovalRequest; analysis: Analysis; findings: RiskFinding[] }> {
     const parsed = MigrationRequestInput.safeParse(raw);
     if (!parsed.success) {
@@ -344,7 +354,8 @@ export class Pipeline {
       {
         created_at: formatTimestamp(created, this.config.timezone),
         expires_at: formatTimestamp(expires, this.config.timezone),
-        requested_by: this.config.requested_by,
+        requested_by: origin.requestedBy ?? this.config.requested_by,
+        rollback_of: origin.rollbackOf ?? null,
         priority: input.priority,
         title: input.title,
         reason: input.reason,
@@ -377,9 +388,56 @@ export class Pipeline {
       request_hash: request.request_hash,
       detail: `${command.environment}/${command.database}: ${request.title}`,
     });
-    this.#gate.track(request);
+    if (this.#role === 'server') this.#gate.track(request);
     this.#findings.set(request.id, findings);
     return { request, analysis, findings };
+  }
+
+  /**
+   * Asks for the recorded rollback SQL of an executed request to be run: a new request, approved like
+   * any other (and never by the person who asked for it). Nothing runs automatically.
+   */
+  async requestRollback(
+    id: string,
+    who: { readonly requestedBy: string; readonly reason: string },
+  ): Promise<{ request: ApprovalRequest; findings: RiskFinding[] }> {
+    const original = await this.status(id);
+    const { request } = original;
+    if (request.command.rollback_sql === null) {
+      throw new GateError(
+        'NO_ROLLBACK_SQL',
+        `${id} was requested without rollback SQL; a rollback has to be written and requested as a new migration.`,
+      );
+    }
+    if (original.execution !== 'succeeded' || original.result?.dry_run !== false) {
+      throw new GateError(
+        'NOTHING_TO_ROLL_BACK',
+        `${id} has not been executed successfully (execution: ${original.execution}); there is nothing to roll back.`,
+      );
+    }
+    for (const other of await this.#store.listRequestIds()) {
+      const candidate = await this.#store.readRequest(other);
+      if (candidate?.rollback_of !== id) continue;
+      const decision = await this.#store.readDecision(other);
+      if (!decision || decision.status === 'APPROVED') {
+        throw new GateError(
+          'ROLLBACK_ALREADY_REQUESTED',
+          `A rollback of ${id} was already requested: ${other}.`,
+        );
+      }
+    }
+    const { request: rollback, findings } = await this.submit(
+      {
+        environment: request.command.environment,
+        database: request.command.database,
+        sql: request.command.rollback_sql,
+        title: `Roll back ${id}: ${request.title}`.slice(0, 200),
+        reason: `Runs the rollback SQL recorded with ${id} (executed ${original.result.finished_at}). Requested by ${who.requestedBy}: ${who.reason}`,
+        priority: request.priority,
+      },
+      { requestedBy: who.requestedBy, rollbackOf: id },
+    );
+    return { request: rollback, findings };
   }
 
   filePath(id: string): string {

@@ -62,6 +62,8 @@ export class Gate {
   /** Problems of files that are not pending requests: unknown ids, edits after a decision. */
   readonly #untrackedProblems = new Map<string, DecisionProblem>();
   readonly #inspecting = new Set<string>();
+  /** Requests known to be decided, so the periodic re-check does not read them again. */
+  readonly #settled = new Set<string>();
   #watcher: FSWatcher | null = null;
   #interval: NodeJS.Timeout | null = null;
   #stopped = false;
@@ -83,10 +85,26 @@ export class Gate {
         log.error({ err: error.message }, 'approvals directory watcher failed'),
       );
     }
-    this.#interval = setInterval(() => {
-      for (const id of this.#tracked.keys()) void this.check(id);
-    }, this.#options.recheckIntervalMs);
+    this.#interval = setInterval(() => void this.#recheck(), this.#options.recheckIntervalMs);
     this.#interval.unref();
+  }
+
+  /** The safety net: re-read every pending file, and pick up requests other processes created. */
+  async #recheck(): Promise<void> {
+    const { store, log } = this.#options;
+    try {
+      for (const id of await store.listRequestIds()) {
+        if (this.#tracked.has(id)) {
+          void this.check(id);
+        } else if (!this.#settled.has(id)) {
+          const request = await store.readRequest(id);
+          if (request && !(await store.readDecision(id))) this.track(request);
+          else this.#settled.add(id);
+        }
+      }
+    } catch (error) {
+      log.error({ err: error instanceof Error ? error.message : String(error) }, 'periodic re-check failed');
+    }
   }
 
   stop(): void {
@@ -309,7 +327,12 @@ export class Gate {
         };
       } else {
         const decision = await store.readDecision(id);
-        if (!decision || decision.status === status) return;
+        if (!decision) {
+          // Requested by another process (a second instance, or the CLI): this instance watches it too.
+          this.track(request);
+          return;
+        }
+        if (decision.status === status) return;
         problem =
           decision.status === 'EXPIRED'
             ? {
@@ -384,5 +407,6 @@ export class Gate {
   #untrack(tracked: Tracked): void {
     if (tracked.timer) clearTimeout(tracked.timer);
     this.#tracked.delete(tracked.request.id);
+    this.#settled.add(tracked.request.id);
   }
 }

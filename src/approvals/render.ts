@@ -111,6 +111,7 @@ export function renderApprovalFile(request: ApprovalRequest, context: RenderCont
     environment: command.environment,
     database: command.database,
     request_hash: request.request_hash,
+    ...(request.rollback_of ? { rollback_of: request.rollback_of } : {}),
     decided_by: '',
     decided_at: '',
     reason: '',
@@ -128,7 +129,7 @@ ${frontMatter}---
 
 **Type:** api_call (database migration)
 **Target:** ${command.environment} environment, database \`${command.database}\`${relations.length > 0 ? ` (${relations.map((r) => `\`${r}\``).join(', ')})` : ''}
-**Requested By:** ${request.requested_by}
+**Requested By:** ${request.requested_by}${request.rollback_of ? `\n**Rolls Back:** ${request.rollback_of} (its recorded rollback SQL)` : ''}
 **Mode:** ${command.dry_run ? 'dry run (rolled back)' : stepByStep ? 'execute step by step, each statement committed on its own' : 'execute and commit in one transaction'}
 
 ### Action Details

@@ -34,6 +34,9 @@ export const ApprovalRequest = z
     reason: z.string(),
     command: MigrationCommand,
     request_hash: z.string(),
+    rollback_of: ApprovalId.nullable()
+      .default(null)
+      .describe('Set when this request runs the recorded rollback SQL of an executed request.'),
   })
   .strict();
 export type ApprovalRequest = z.infer<typeof ApprovalRequest>;
@@ -98,6 +101,7 @@ export const ApprovalFrontMatter = z
     environment: z.string().optional(),
     database: z.string().optional(),
     request_hash: z.string().optional().describe("SHA-256 of the server's record of the command."),
+    rollback_of: ApprovalId.optional().describe('The executed request whose rollback SQL this request runs.'),
     decided_by: z
       .string()
       .optional()

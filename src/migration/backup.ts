@@ -143,8 +143,9 @@ function redact(text: string, password: string | undefined): string {
 
 /**
  * Resolves names as analyseSql reports them to existing tables (plain or partitioned) via to_regclass,
- * respecting the session's search_path. Views, sequences and names that do not resolve are left out;
- * two names for one table ("customers", "public.customers") give one entry, the first as written.
+ * respecting the session's search_path. Views, sequences, system catalogs (which pg_dump never dumps)
+ * and names that do not resolve are left out. Two names for one table ("customers" and
+ * "public.customers") give one entry, the first as written.
  */
 export async function existingTables(
   session: SqlSession,
@@ -156,7 +157,9 @@ export async function existingTables(
       `select n.nspname as schema, c.relname as name
          from pg_class c
          join pg_namespace n on n.oid = c.relnamespace
-        where c.oid = to_regclass($1) and c.relkind in ('r', 'p')`,
+        where c.oid = to_regclass($1)
+          and c.relkind in ('r', 'p')
+          and n.nspname not in ('pg_catalog', 'information_schema')`,
       [regclassText(relation)],
     );
     const row = rows[0];
@@ -259,6 +262,13 @@ function runPgDump(
   });
 }
 
+function pathExists(file: string): Promise<boolean> {
+  return lstat(file).then(
+    () => true,
+    () => false,
+  );
+}
+
 /**
  * Dumps schema and data of the `tables` that exist (as analyseSql names them) with
  * `pg_dump --format=custom` into `file`, and returns what was dumped. Tables the SQL names that do not
@@ -288,12 +298,7 @@ export async function dumpTables(
   });
   if (existing.length === 0) return { method: 'pg_dump', location: file, tables: [], bytes: null };
 
-  if (
-    await lstat(file).then(
-      () => true,
-      () => false,
-    )
-  ) {
+  if (await pathExists(file)) {
     throw fail(`The backup file ${file} already exists; an earlier backup is never overwritten.`);
   }
   const directory = path.dirname(file);
@@ -385,31 +390,39 @@ function truncateUtf8(text: string, maxBytes: number): string {
 }
 
 /**
- * The copy's name: "<approvalId>__<table>" for tables in public, "<approvalId>__<schema>__<table>"
+ * Each copy's name: "<approvalId>__<table>" for tables in public, "<approvalId>__<schema>__<table>"
  * elsewhere. Names over 63 bytes, and names two tables would share ("public"."app__t" and "app"."t"),
  * are cut and end in a hash of approval id, schema and table, which keeps them distinct; the approval
  * id stays at the front so `LIKE 'APR-…__%'` finds every copy of one approval.
  */
-function copyNames(approvalId: string, tables: readonly { schema: string; name: string }[]): string[] {
-  const plain = tables.map(({ schema, name }) =>
-    schema === 'public' ? `${approvalId}__${name}` : `${approvalId}__${schema}__${name}`,
-  );
-  const names = plain.map((candidate, index) => {
-    const shared = plain.indexOf(candidate) !== plain.lastIndexOf(candidate);
-    if (!shared && Buffer.byteLength(candidate, 'utf8') <= MAX_IDENTIFIER_BYTES) return candidate;
-    const table = tables[index] ?? { schema: '', name: '' };
+function withCopyNames<T extends { schema: string; name: string }>(
+  approvalId: string,
+  tables: readonly T[],
+): { table: T; copy: string }[] {
+  const plain = tables.map((table) => ({
+    table,
+    copy:
+      table.schema === 'public'
+        ? `${approvalId}__${table.name}`
+        : `${approvalId}__${table.schema}__${table.name}`,
+  }));
+  const uses = new Map<string, number>();
+  for (const { copy } of plain) uses.set(copy, (uses.get(copy) ?? 0) + 1);
+  const named = plain.map(({ table, copy }) => {
+    if (uses.get(copy) === 1 && Buffer.byteLength(copy, 'utf8') <= MAX_IDENTIFIER_BYTES)
+      return { table, copy };
     const hash = createHash('sha256')
       .update(JSON.stringify([approvalId, table.schema, table.name]))
       .digest('hex')
       .slice(0, 12);
-    return `${truncateUtf8(candidate, MAX_IDENTIFIER_BYTES - hash.length - 1)}_${hash}`;
+    return { table, copy: `${truncateUtf8(copy, MAX_IDENTIFIER_BYTES - hash.length - 1)}_${hash}` };
   });
-  if (new Set(names).size !== names.length) {
+  if (new Set(named.map(({ copy }) => copy)).size !== named.length) {
     throw new GateError('BACKUP_FAILED', 'Two tables would be copied under one backup name.', {
       context: { approvalId, method: 'table_copy' },
     });
   }
-  return names;
+  return named;
 }
 
 /** One entry per table, the first where a table is named twice. */
@@ -439,18 +452,17 @@ export function tableCopyStatements(
   tables: readonly { schema: string; name: string }[],
 ): string[] {
   const schema = quoteIdentifier(backupSchema);
-  const unique = uniqueTables(tables);
-  if (unique.length === 0) return [];
-  const names = copyNames(approvalId, unique);
+  const copies = withCopyNames(approvalId, uniqueTables(tables));
+  if (copies.length === 0) return [];
   const statements = [`CREATE SCHEMA IF NOT EXISTS ${schema}`];
-  unique.forEach((table, index) => {
+  for (const { table, copy: copyName } of copies) {
     const source = `${quoteIdentifier(table.schema)}.${quoteIdentifier(table.name)}`;
-    const copy = `${schema}.${quoteIdentifier(names[index] ?? '')}`;
+    const copy = `${schema}.${quoteIdentifier(copyName)}`;
     statements.push(
       `CREATE TABLE ${copy} AS TABLE ${source}`,
       `COMMENT ON TABLE ${copy} IS ${quoteLiteral(`approval-gate backup of ${source} before ${approvalId}`)}`,
     );
-  });
+  }
   return statements;
 }
 
@@ -463,14 +475,12 @@ export function tableCopyRecord(
   approvalId: string,
   tables: readonly ExistingTable[],
 ): BackupRecord {
-  const unique = uniqueTables(tables);
   const schema = quoteIdentifier(backupSchema);
+  const copies = withCopyNames(approvalId, uniqueTables(tables));
   return {
     method: 'table_copy',
-    location: copyNames(approvalId, unique)
-      .map((name) => `${schema}.${quoteIdentifier(name)}`)
-      .join(', '),
-    tables: unique.map((table) => table.as_written),
+    location: copies.map(({ copy }) => `${schema}.${quoteIdentifier(copy)}`).join(', '),
+    tables: copies.map(({ table }) => table.as_written),
     bytes: null,
   };
 }

@@ -27,6 +27,7 @@ export function sampleRequest(
     reason: 'Add loyalty_tier to customers for the loyalty program launching next week.',
     command,
     request_hash: hashCommand(command),
+    rollback_of: null,
     ...overrides,
   };
 }
