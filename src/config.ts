@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { GateError } from './errors.js';
+import { RISK_CODES } from './migration/risks.js';
 import { isValidTimeZone } from './time.js';
 
 export const PRIORITIES = ['critical', 'high', 'medium', 'low'] as const;
@@ -54,6 +55,17 @@ const EnvironmentConfig = z
       .describe(
         'If set, only these people (decided_by, case-insensitive) may decide requests for this environment.',
       ),
+    require_approval: z
+      .enum(['always', 'not_for_dry_runs', 'never'])
+      .default('always')
+      .describe(
+        'always: every request waits for a human. not_for_dry_runs: dry runs run at once. never: everything runs at once ' +
+          '(still written, audited and executed once). Environments named like "production" accept only always.',
+      ),
+    risk_policy: z
+      .partialRecord(z.enum(RISK_CODES), z.enum(['allow', 'refuse', 'two_approvers']))
+      .default({})
+      .describe('Per risk finding: refuse the request outright, or require two different approvers.'),
   })
   .strict();
 
@@ -200,6 +212,23 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/** Production-like environments may never skip approval. */
+function productionIssues(input: unknown): string[] {
+  if (!isRecord(input) || !isRecord(input.environments)) return [];
+  return Object.entries(input.environments)
+    .filter(
+      ([name, environment]) =>
+        /prod/i.test(name) &&
+        isRecord(environment) &&
+        environment.require_approval !== undefined &&
+        environment.require_approval !== 'always',
+    )
+    .map(
+      ([name]) =>
+        `  - environments.${name}.require_approval: "${name}" is a production environment; only "always" is accepted`,
+    );
+}
+
 /**
  * Environments must name defined databases. Checked on the raw input, so that it is reported together
  * with every other problem rather than only after they are fixed.
@@ -224,7 +253,7 @@ function crossReferenceIssues(input: unknown): string[] {
 /** Validates an already-read config object. `baseDir` anchors relative paths. */
 export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
   const result = ConfigSchema.safeParse(input);
-  const crossIssues = crossReferenceIssues(input);
+  const crossIssues = [...crossReferenceIssues(input), ...productionIssues(input)];
   if (!result.success || crossIssues.length > 0) {
     const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join(
       '\n',

@@ -20,7 +20,7 @@ import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
 import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
 import { Executor } from './migration/execute.js';
-import { assessRisks, type RiskFinding } from './migration/risks.js';
+import { assessRisks, RISK_TITLES, type RiskFinding } from './migration/risks.js';
 import type { ExecutionResult } from './migration/result.js';
 import { crashPoint } from './faults.js';
 import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
@@ -228,6 +228,13 @@ export class Pipeline {
       log: this.#log,
       timeZone: config.timezone,
       approversFor: (request) => config.environments[request.command.environment]?.approvers ?? null,
+      autoApproval: (request) => {
+        const policy = config.environments[request.command.environment]?.require_approval ?? 'always';
+        if (policy === 'never' || (policy === 'not_for_dry_runs' && request.command.dry_run)) {
+          return `the ${request.command.environment} environment does not require approval${policy === 'never' ? '' : ' for dry runs'} (require_approval: ${policy})`;
+        }
+        return null;
+      },
       recheckIntervalMs: config.gate.recheck_interval_ms,
       watchFiles: config.gate.watch_files,
       onDecision: (request, decision) => this.#onDecision(request, decision),
@@ -331,6 +338,20 @@ export class Pipeline {
     const analysis = await analyseSql(input.sql);
     assertExecutable(analysis, { dryRun: input.dry_run });
     const findings = this.#assess(analysis);
+    const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
+    if (refused.length > 0) {
+      throw new GateError(
+        'POLICY_REFUSED',
+        `The ${input.environment} policy refuses this migration: ` +
+          refused
+            .map((f) => `${RISK_TITLES[f.code]} (statement ${f.statement ?? 'all'}): ${f.message}`)
+            .join(' ') +
+          ' Nothing was written.',
+      );
+    }
+    const approvalsRequired = findings.some((f) => environment.risk_policy[f.code] === 'two_approvers')
+      ? 2
+      : 1;
     if (input.rollback_sql !== undefined) {
       await analyseSql(input.rollback_sql).catch((error: unknown) => {
         throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
@@ -356,6 +377,7 @@ export class Pipeline {
         expires_at: formatTimestamp(expires, this.config.timezone),
         requested_by: origin.requestedBy ?? this.config.requested_by,
         rollback_of: origin.rollbackOf ?? null,
+        approvals_required: approvalsRequired,
         priority: input.priority,
         title: input.title,
         reason: input.reason,

@@ -50,6 +50,14 @@ describe('config', () => {
     expect(error.message).toContain('NAME of an environment variable');
   });
 
+  it('refuses a production environment that would run without approval', () => {
+    const error = configError({
+      ...minimal,
+      environments: { production: { databases: ['main_db'], require_approval: 'never' } },
+    });
+    expect(error.message).toContain('only "always" is accepted');
+  });
+
   it('accepts the example config shipped in examples/', () => {
     const config = loadConfig(path.join(import.meta.dirname, '../examples/approval-gate.yaml'));
     expect(config.environments.production?.databases).toEqual(['main_db']);

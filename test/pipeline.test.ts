@@ -4,7 +4,9 @@ import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/log.js';
 import { Pipeline } from '../src/pipeline.js';
-import { decideInFile } from '../src/approvals/human-edit.js';
+import { readFile } from 'node:fs/promises';
+import { updateFrontMatter } from '../src/approvals/frontmatter.js';
+import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
 import { createWorkspace, type Workspace } from './helpers/workspace.js';
 
@@ -15,7 +17,19 @@ const ledgerSchema = uniqueName('gate_pipeline');
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
-  workspace = await createWorkspace({ ledger_schema: ledgerSchema, migrations_dir: 'db/migrations' });
+  workspace = await createWorkspace({
+    ledger_schema: ledgerSchema,
+    migrations_dir: 'db/migrations',
+    environments: {
+      production: { databases: ['main_db'] },
+      staging: { databases: ['main_db'] },
+      qa: {
+        databases: ['main_db'],
+        require_approval: 'not_for_dry_runs',
+        risk_policy: { DROP_TABLE: 'refuse', TRUNCATE: 'two_approvers' },
+      },
+    },
+  });
   await mkdir(path.join(workspace.dir, 'db/migrations'), { recursive: true });
   await writeFile(path.join(workspace.dir, 'secret.sql'), 'SELECT 1');
   await symlink(path.join(workspace.dir, 'secret.sql'), path.join(workspace.dir, 'db/migrations/escape.sql'));
@@ -132,5 +146,87 @@ describe('rollback on request', () => {
     ).rejects.toMatchObject({
       code: 'NOTHING_TO_ROLL_BACK',
     });
+  });
+});
+
+describe('environment policy', () => {
+  it('refuses a statement kind the environment forbids, before anything is written', async () => {
+    await expect(
+      pipeline.submit({
+        environment: 'qa',
+        database: 'main_db',
+        sql: 'DROP TABLE IF EXISTS nothing_here',
+        title: 'Drop',
+        reason: 'Policy says no.',
+      }),
+    ).rejects.toMatchObject({ code: 'POLICY_REFUSED' });
+  });
+
+  it('requires two different approvers where the policy says so', async () => {
+    const table = uniqueName('two');
+    await knex.schema.createTable(table, (t) => t.increments('id'));
+    try {
+      await knex.raw('insert into ?? select from generate_series(1, 2)', [table]);
+      const { request } = await pipeline.submit({
+        environment: 'qa',
+        database: 'main_db',
+        sql: `TRUNCATE ${table}`,
+        title: 'Truncate',
+        reason: 'Needs two people.',
+      });
+      expect(request.approvals_required).toBe(2);
+      const file = pipeline.filePath(request.id);
+      expect(await readFile(file, 'utf8')).toContain('second_approver: ""');
+      const problem = async () => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return (await pipeline.status(request.id)).problem?.code;
+      };
+      await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      expect(await problem()).toBe('SECOND_APPROVER_MISSING');
+      await saveAs(
+        file,
+        updateFrontMatter(await readFile(file, 'utf8'), { second_approver: 'dana reyes' }),
+        'rename',
+      );
+      expect(await problem()).toBe('SECOND_APPROVER_SAME');
+      expect(await knex(table).count('* as n')).toEqual([{ n: '2' }]);
+      await saveAs(
+        file,
+        updateFrontMatter(await readFile(file, 'utf8'), { second_approver: 'Sam Okafor' }),
+        'rename',
+      );
+      const final = await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 });
+      expect(final).toMatchObject({
+        execution: 'succeeded',
+        decision: { decided_by: 'Dana Reyes', second_approver: 'Sam Okafor' },
+      });
+      expect(await knex(table).count('* as n')).toEqual([{ n: '0' }]);
+    } finally {
+      await knex.schema.dropTableIfExists(table);
+    }
+  });
+
+  it('runs dry runs without a human where the environment allows it, and nothing else', async () => {
+    const { request } = await pipeline.submit({
+      environment: 'qa',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      dry_run: true,
+      title: 'Rehearsal',
+      reason: 'Dry runs need no approval in qa.',
+    });
+    const final = await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 });
+    expect(final).toMatchObject({
+      execution: 'rolled_back',
+      decision: { status: 'APPROVED', decided_by: null },
+    });
+    const { request: real } = await pipeline.submit({
+      environment: 'qa',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'Real',
+      reason: 'This one waits for a human.',
+    });
+    expect((await pipeline.waitForFinal(real.id, { timeoutMs: 500, tickMs: 100 })).decision).toBeNull();
   });
 });

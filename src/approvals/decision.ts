@@ -16,6 +16,7 @@ export type DecisionVerdict =
   | {
       readonly kind: 'approved';
       readonly decidedBy: string;
+      readonly secondApprover: string | null;
       readonly claimedDecidedAt: string | null;
       readonly comment: string | null;
     }
@@ -197,5 +198,31 @@ export function evaluateDecision({
     }
     return { kind: 'rejected', decidedBy, claimedDecidedAt, reason };
   }
-  return { kind: 'approved', decidedBy, claimedDecidedAt, comment: reason };
+  let secondApprover: string | null = null;
+  if (request.approvals_required === 2) {
+    secondApprover = meaningful(data.second_approver, NAME_PLACEHOLDERS);
+    if (secondApprover === null) {
+      return invalid(
+        'SECOND_APPROVER_MISSING',
+        'This request needs two approvers (environment policy): fill in second_approver with a second person. Nothing was executed.',
+      );
+    }
+    const second = secondApprover.toLowerCase();
+    if (second === decidedBy.toLowerCase()) {
+      return invalid('SECOND_APPROVER_SAME', 'second_approver must be a different person from decided_by.');
+    }
+    if (second === request.requested_by.trim().toLowerCase()) {
+      return invalid(
+        'SELF_APPROVAL',
+        `second_approver "${secondApprover}" requested this change; a different person must approve.`,
+      );
+    }
+    if (approvers !== null && !approvers.some((name) => name.trim().toLowerCase() === second)) {
+      return invalid(
+        'DECIDED_BY_NOT_ALLOWED',
+        `"${secondApprover}" is not an approver for the ${request.command.environment} environment (allowed: ${approvers.join(', ')}).`,
+      );
+    }
+  }
+  return { kind: 'approved', decidedBy, secondApprover, claimedDecidedAt, comment: reason };
 }

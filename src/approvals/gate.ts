@@ -28,6 +28,8 @@ export interface GateOptions {
   readonly watchFiles: boolean;
   /** The approver allowlist of the request's environment, or null for "anyone but the requester". */
   readonly approversFor: (request: ApprovalRequest) => readonly string[] | null;
+  /** Why the environment policy lets this request run without a human, or null (the normal case). */
+  readonly autoApproval: (request: ApprovalRequest) => string | null;
   /** Called once per accepted decision, in the instance that recorded it. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
 }
@@ -191,6 +193,7 @@ export class Gate {
       decided_by: decidedBy,
       decided_at: formatTimestamp(now, this.#options.timeZone),
       claimed_decided_at: null,
+      second_approver: null,
       reason,
     });
     if (now.getTime() >= Date.parse(request.expires_at)) {
@@ -198,6 +201,11 @@ export class Gate {
         tracked,
         decision('EXPIRED', null, `No valid decision before ${request.expires_at}.`),
       );
+      return;
+    }
+    const policy = this.#options.autoApproval(request);
+    if (policy !== null) {
+      await this.#accept(tracked, decision('APPROVED', null, `No human approval needed: ${policy}.`));
       return;
     }
     const file = await store.readApprovalFile(request.id);
@@ -263,6 +271,7 @@ export class Gate {
         await this.#accept(tracked, {
           ...decision(verdict.kind === 'approved' ? 'APPROVED' : 'REJECTED', verdict.decidedBy, null),
           claimed_decided_at: verdict.claimedDecidedAt,
+          second_approver: verdict.kind === 'approved' ? verdict.secondApprover : null,
           reason: verdict.kind === 'rejected' ? verdict.reason : verdict.comment,
         });
         return;

@@ -113,6 +113,7 @@ export function renderApprovalFile(request: ApprovalRequest, context: RenderCont
     request_hash: request.request_hash,
     ...(request.rollback_of ? { rollback_of: request.rollback_of } : {}),
     decided_by: '',
+    ...(request.approvals_required === 2 ? { second_approver: '' } : {}),
     decided_at: '',
     reason: '',
   });
@@ -189,7 +190,7 @@ ${
 
 ## Compliance & Policy
 
-- **Approval Authority Required:** human (every call of \`execute_migration\` requires one)
+- **Approval Authority Required:** ${request.approvals_required === 2 ? '**two different humans** (the environment policy asks for two approvers for a risk found below): `decided_by` and `second_approver`' : 'human'}
 - **Self-approval:** not accepted (\`decided_by\` must not be \`${request.requested_by}\`)
 
 ## Preview
@@ -234,7 +235,7 @@ Decide in the front matter at the top of this file (the Status line above is onl
 **To approve this action:**
 1. Review the Migration SQL and the Expected Outcome table
 2. Change \`status: "PENDING"\` to \`status: "APPROVED"\` (exactly, in capitals)
-3. Fill in your name: \`decided_by: "Your Name"\` (not \`${request.requested_by}\`)
+3. Fill in your name: \`decided_by: "Your Name"\` (not \`${request.requested_by}\`)${request.approvals_required === 2 ? '\n   and a second person\'s: `second_approver: "Another Name"` (two approvers are required)' : ''}
 4. Optionally fill in \`decided_at\`; the server records its own time of your decision
 5. Save the file
 

@@ -34,6 +34,12 @@ export const ApprovalRequest = z
     reason: z.string(),
     command: MigrationCommand,
     request_hash: z.string(),
+    approvals_required: z
+      .union([z.literal(1), z.literal(2)])
+      .default(1)
+      .describe(
+        '2 when the environment policy asks two different people to approve (decided_by and second_approver).',
+      ),
     rollback_of: ApprovalId.nullable()
       .default(null)
       .describe('Set when this request runs the recorded rollback SQL of an executed request.'),
@@ -72,6 +78,11 @@ export const Decision = z
       .string()
       .nullable()
       .describe('decided_at as the human wrote it; informational only.'),
+    second_approver: z
+      .string()
+      .nullable()
+      .default(null)
+      .describe('The second approver, when two were required.'),
     reason: z.string().nullable(),
   })
   .strict();
@@ -106,6 +117,10 @@ export const ApprovalFrontMatter = z
       .string()
       .optional()
       .describe('Your name. Required for APPROVED and REJECTED; not the requester.'),
+    second_approver: z
+      .string()
+      .optional()
+      .describe('When two approvers are required: a second person, not decided_by and not the requester.'),
     decided_at: z.string().optional().describe('Informational; the server records its own time.'),
     reason: z.string().optional().describe('Required for REJECTED (or the Comments line in the body).'),
     comments: z.string().optional(),

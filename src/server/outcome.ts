@@ -113,7 +113,10 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       next_step: 'Submit a new request if the change is still needed.',
     };
   }
-  const approvedBy = `${decision.decided_by ?? 'A human'} approved ${request.id}`;
+  const approvedBy =
+    decision.decided_by === null
+      ? `${request.id} ran without human approval (${decision.reason ?? 'environment policy'})`
+      : `${decision.decided_by}${decision.second_approver ? ` and ${decision.second_approver}` : ''} approved ${request.id}`;
   if (status.execution === 'running' || status.execution === 'not_started') {
     return {
       ...common,

@@ -51,6 +51,7 @@ describe('approval store', () => {
       decided_by: 'Dana',
       decided_at: 'x',
       claimed_decided_at: null,
+      second_approver: null,
       reason: null,
     } as const;
     const reject = { ...approve, status: 'REJECTED', reason: 'late' } as const;

@@ -28,6 +28,7 @@ export function sampleRequest(
     command,
     request_hash: hashCommand(command),
     rollback_of: null,
+    approvals_required: 1,
     ...overrides,
   };
 }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { inspect } from 'node:util';
@@ -69,6 +69,7 @@ afterAll(async () => {
   await run(`drop schema if exists ${schema} cascade`);
   await run(`drop schema if exists "${backupSchema}" cascade`);
   await knex.destroy();
+  await rm(dir, { recursive: true, force: true });
 });
 
 describe('pg_dump backup', () => {
