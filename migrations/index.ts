@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { ledgerMigration } from './20261125_001_ledger.js';
 import { ledgerStepsMigration } from './20261125_002_ledger_steps.js';
 import { rollbackRehearsalMigration } from './20261125_003_rollback_rehearsal.js';
+import { backupMigration } from './20261125_004_backup.js';
 
 interface GateMigration {
   up(knex: Knex): Promise<void>;
@@ -14,6 +15,7 @@ function gateMigrations(schema: string): ReadonlyArray<readonly [string, GateMig
     ['20261125_001_ledger', ledgerMigration(schema)],
     ['20261125_002_ledger_steps', ledgerStepsMigration(schema)],
     ['20261125_003_rollback_rehearsal', rollbackRehearsalMigration(schema)],
+    ['20261125_004_backup', backupMigration(schema)],
   ];
 }
 

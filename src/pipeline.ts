@@ -15,11 +15,13 @@ import {
 import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
 import { Priority, type Config } from './config.js';
-import { openDatabase } from './db.js';
+import { openDatabase, withSession } from './db.js';
 import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
 import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
-import { Executor } from './migration/execute.js';
+import { dumpTables, existingTables, pgDumpAvailable } from './migration/backup.js';
+import { describeRelations, type RelationFacts } from './migration/catalog.js';
+import { Executor, type MigrationJob } from './migration/execute.js';
 import { assessRisks, RISK_TITLES, type RiskFinding } from './migration/risks.js';
 import type { ExecutionResult } from './migration/result.js';
 import { crashPoint } from './faults.js';
@@ -106,6 +108,8 @@ export interface ApprovalStatus {
   readonly final: boolean;
   /** What the statements risk, computed from the parse tree. */
   readonly findings: readonly RiskFinding[];
+  /** The touched relations in the live catalog at request time (empty when not known here). */
+  readonly impact: readonly RelationFacts[];
 }
 
 export interface PipelineOptions {
@@ -209,6 +213,8 @@ export class Pipeline {
   readonly #targets = new Map<string, Target>();
   readonly #executions = new Map<string, LocalExecution>();
   readonly #findings = new Map<string, RiskFinding[]>();
+  /** Catalog facts at request time, kept for the results of this instance's own requests. */
+  readonly #impact = new Map<string, readonly RelationFacts[]>();
   readonly #events = new EventEmitter();
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
@@ -328,13 +334,6 @@ export class Pipeline {
       );
     }
     const migrationFile = await validateMigrationFile(input.migration_file, this.config);
-    if (input.backup_before) {
-      throw new GateError(
-        'BACKUP_UNSUPPORTED',
-        'backup_before: true was requested, but this server cannot make backups yet. Nothing was written; ' +
-          'resubmit with backup_before: false if a backup is not required, or take one by hand first.',
-      );
-    }
     const analysis = await analyseSql(input.sql);
     assertExecutable(analysis, { dryRun: input.dry_run });
     const findings = this.#assess(analysis);
@@ -358,7 +357,10 @@ export class Pipeline {
       });
     }
     // Refuse now, not after a human has spent time, when the target cannot be reached.
-    await this.#target(input.database).executor.prepare();
+    const target = this.#target(input.database);
+    await target.executor.prepare();
+    const relations = [...new Set(analysis.statements.flatMap((s) => s.relations))];
+    const impact = await withSession(target.knex, (session) => describeRelations(session, relations));
 
     const created = wholeSeconds(this.#clock());
     const expires = new Date(created.getTime() + this.config.expiry_minutes[input.priority] * 60_000);
@@ -387,6 +389,7 @@ export class Pipeline {
       (request) =>
         renderApprovalFile(request, {
           findings,
+          impact,
           statements: analysis.statements,
           lockTimeoutMs: this.config.executor.lock_timeout_ms,
           statementTimeoutMs: this.config.executor.statement_timeout_ms,
@@ -412,6 +415,7 @@ export class Pipeline {
     });
     if (this.#role === 'server') this.#gate.track(request);
     this.#findings.set(request.id, findings);
+    this.#impact.set(request.id, impact);
     return { request, analysis, findings };
   }
 
@@ -483,6 +487,7 @@ export class Pipeline {
       decision,
       problem: this.#gate.problem(id),
       findings: await this.findingsOf(request),
+      impact: this.#impact.get(id) ?? [],
     };
     if (!decision) {
       return { ...base, execution: 'not_started', result: null, executionError: null, final: false };
@@ -596,6 +601,31 @@ export class Pipeline {
     }
   }
 
+  /**
+   * backup_before: a pg_dump file when the target is a Postgres server and pg_dump runs here (taken
+   * now, before the migration's transaction); otherwise copies inside the database, taken by the
+   * executor in the migration's own transaction. A failed dump stops the execution (BACKUP_FAILED).
+   */
+  async #planBackup(request: ApprovalRequest, analysis: Analysis): Promise<MigrationJob['backup']> {
+    const { command } = request;
+    if (!command.backup_before || command.dry_run) return null;
+    const database = this.config.databases[command.database];
+    const connectionString = database?.client === 'pg' ? this.#env[database.connection_env] : undefined;
+    if (connectionString && (await pgDumpAvailable())) {
+      const target = this.#target(command.database);
+      const relations = [...new Set(analysis.statements.flatMap((s) => s.relations))];
+      const tables = await withSession(target.knex, (session) => existingTables(session, relations));
+      const file = path.join(this.config.stateDir, 'backups', `${request.id}-${Date.now()}.dump`);
+      const record = await dumpTables(
+        connectionString,
+        tables.map((t) => `${t.schema}.${t.name}`),
+        file,
+      );
+      return { kind: 'taken', record: { ...record, tables: [...record.tables] } };
+    }
+    return { kind: 'table_copy', schema: `${this.config.ledger_schema}_backup` };
+  }
+
   async #onDecision(request: ApprovalRequest, decision: Decision): Promise<void> {
     const { id } = request;
     const notRun = { execution: 'not_started' } as const;
@@ -685,6 +715,7 @@ export class Pipeline {
           sql: command.sql,
           statements: analysis.statements,
           dryRun: command.dry_run,
+          backup: await this.#planBackup(request, analysis),
           rollback:
             command.dry_run && command.rollback_sql !== null
               ? { sql: command.rollback_sql, statements: (await analyseSql(command.rollback_sql)).statements }
@@ -700,7 +731,7 @@ export class Pipeline {
     } catch (error) {
       const certain =
         error instanceof GateError &&
-        (error.code === 'LEDGER_UNAVAILABLE' || error.code === 'LEDGER_CONFLICT');
+        ['LEDGER_UNAVAILABLE', 'LEDGER_CONFLICT', 'BACKUP_FAILED'].includes(error.code);
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
@@ -757,6 +788,11 @@ export class Pipeline {
       ...(result.error
         ? [
             `Error in statement ${result.error.statement} at line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}${result.error.sqlstate ? ` (SQLSTATE ${result.error.sqlstate})` : ''}`,
+          ]
+        : []),
+      ...(result.backup
+        ? [
+            `Backup (${result.backup.method}) of ${result.backup.tables.join(', ') || 'no existing table'}: ${result.backup.location || 'nothing to copy'}`,
           ]
         : []),
       `Executed by ${result.executed_by}`,

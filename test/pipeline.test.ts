@@ -4,7 +4,7 @@ import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/log.js';
 import { Pipeline } from '../src/pipeline.js';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
@@ -228,5 +228,36 @@ describe('environment policy', () => {
       reason: 'This one waits for a human.',
     });
     expect((await pipeline.waitForFinal(real.id, { timeoutMs: 500, tickMs: 100 })).decision).toBeNull();
+  });
+});
+
+describe('backup_before on the real server', () => {
+  it('dumps the touched tables with pg_dump before the migration runs, and records where', async () => {
+    const table = uniqueName('backed');
+    await knex.schema.createTable(table, (t) => {
+      t.increments('id');
+      t.text('secret');
+    });
+    try {
+      await knex(table).insert([{ secret: 'a' }, { secret: 'b' }]);
+      const { request } = await pipeline.submit({
+        environment: 'staging',
+        database: 'main_db',
+        sql: `ALTER TABLE ${table} DROP COLUMN secret`,
+        backup_before: true,
+        title: 'Drop a column',
+        reason: 'Destructive; back it up first.',
+      });
+      await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      const final = await pipeline.waitForFinal(request.id, { timeoutMs: 20_000, tickMs: 100 });
+      expect(final.execution).toBe('succeeded');
+      expect(final.result?.backup).toMatchObject({ method: 'pg_dump', tables: [`public.${table}`] });
+      const dump = await stat(final.result?.backup?.location ?? '');
+      expect(dump.size).toBeGreaterThan(0);
+      expect(dump.mode & 0o777).toBe(0o600);
+      expect(await readFile(pipeline.filePath(request.id), 'utf8')).toContain('Backup (pg_dump)');
+    } finally {
+      await knex.schema.dropTableIfExists(table);
+    }
   });
 });

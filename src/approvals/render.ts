@@ -1,5 +1,6 @@
 import { Document, Scalar, YAMLMap } from 'yaml';
 import { stringifyFrontMatter } from './frontmatter.js';
+import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
 import type { ApprovalRequest, Decision } from './request.js';
 
@@ -14,6 +15,8 @@ export interface RenderContext {
   readonly statements: readonly StatementSummary[];
   /** Risk findings computed by the server from the parse tree. */
   readonly findings: readonly RiskFinding[];
+  /** Facts about each relation from the live catalog, at request time. */
+  readonly impact: readonly RelationFacts[];
   readonly lockTimeoutMs: number;
   readonly statementTimeoutMs: number;
   /** Name of this MCP server as written in the Execution Command block. */
@@ -79,6 +82,20 @@ function findingsList(findings: readonly RiskFinding[]): string {
       ].join('\n'),
     )
     .join('\n');
+}
+
+function impactTable(impact: readonly RelationFacts[]): string {
+  if (impact.length === 0) return '_The statements name no table._';
+  const rows = impact.map((f) =>
+    f.exists
+      ? `| \`${f.name}\` | ${f.kind ?? 'yes'} | ${f.estimated_rows === null ? 'unknown (never analysed)' : `~${f.estimated_rows.toLocaleString('en-US')}`} | ${f.total_bytes === null ? '—' : formatBytes(f.total_bytes)} | ${f.indexes ?? '—'} |`
+      : `| \`${f.name}\` | **does not exist** | — | — | — |`,
+  );
+  return [
+    '| Relation | Exists | Rows (estimate) | Total size | Indexes |',
+    '|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
 }
 
 function statementTable(statements: readonly StatementSummary[]): string {
@@ -167,7 +184,7 @@ ${statementTable(context.statements)}
 - **Impact Level:** ${request.priority}
 - **Reversibility:** ${command.rollback_sql ? 'reversible (rollback SQL provided; it runs only through a new approval)' : 'NOT reversible by script (no rollback SQL provided)'}
 - **Scope:** ${command.environment} / ${command.database}
-- **Backup before execution:** ${command.backup_before ? 'requested' : 'not requested'}
+- **Backup before execution:** ${command.backup_before ? (command.dry_run ? 'requested, but not needed for a dry run' : 'requested: the tables named are dumped with pg_dump (or copied inside the database) before anything runs; if that fails, nothing runs') : 'not requested'}
 
 ### Potential Risks
 
@@ -202,6 +219,11 @@ ${fence('sql', command.sql)}
 ${rollback}
 
 ### Impact Analysis
+From the live database catalog when the request was made (the agent's own estimates, if any, are in
+its reasoning above; row counts are the planner's estimates, not exact counts):
+
+${impactTable(context.impact)}
+
 - **Affected Relations:** ${relations.length > 0 ? relations.map((r) => `\`${r}\``).join(', ') : 'none named'}
 - **Statements:** ${context.statements.length}${command.migration_file ? `\n- **Migration File:** \`${command.migration_file}\`` : ''}
 

@@ -7,7 +7,8 @@ import { withSession, type SqlSession } from '../db.js';
 import { GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
 import { lineAndColumn, type AnalysedStatement } from './analyse.js';
-import { ExecutionResult, type ExecutionError } from './result.js';
+import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
+import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
 
 export interface MigrationJob {
   readonly approvalId: string;
@@ -18,6 +19,14 @@ export interface MigrationJob {
   readonly dryRun: boolean;
   /** Dry runs rehearse the rollback too: its SQL and statements, when the request has one. */
   readonly rollback?: { readonly sql: string; readonly statements: readonly AnalysedStatement[] } | null;
+  /**
+   * backup_before: either already taken (a pg_dump file) or to be taken by the executor as table
+   * copies into `schema`, inside the migration's transaction (or just before a step-by-step run).
+   */
+  readonly backup?:
+    | { readonly kind: 'taken'; readonly record: BackupInfo }
+    | { readonly kind: 'table_copy'; readonly schema: string }
+    | null;
 }
 
 export interface LockRetryPolicy {
@@ -241,6 +250,7 @@ export class Executor {
       statements: json(row.statements),
       error: json(row.error),
       rollback_rehearsal: json(row.rollback_rehearsal) ?? null,
+      backup: json(row.backup) ?? null,
       executed_by: row.executed_by,
     };
     return ExecutionResult.parse(result);
@@ -371,8 +381,11 @@ export class Executor {
       [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
     );
     const statements: StatementOutcome[] = [];
-    let error: ExecutionError | null = null;
-    for (const statement of job.statements) {
+    const backup = await this.#backUp(session, job);
+    let error: ExecutionError | null = backup.error;
+    if (error?.sqlstate && !final && RETRYABLE_SQLSTATES.has(error.sqlstate))
+      throw new RetryableLockFailure(error);
+    for (const statement of error === null ? job.statements : []) {
       try {
         const { rowCount } = await session.query(statement.text);
         statements.push(outcomeOf(statement, rowCount));
@@ -406,11 +419,51 @@ export class Executor {
       rows_affected: totalRows(statements),
       statements,
       error,
+      // Copies made in this transaction exist only if it commits; a pg_dump file stands either way.
+      backup:
+        job.backup?.kind === 'taken'
+          ? job.backup.record
+          : error === null && !job.dryRun
+            ? backup.record
+            : null,
       rollback_rehearsal: rehearsal,
       executed_by: this.#instanceId,
     };
     await this.#insertLedger(session, job, result, attempt);
     return { result, ranHere: true };
+  }
+
+  /**
+   * backup_before, when the executor takes it: copies of the existing tables the migration names,
+   * made on this session before any statement runs. A failure means the migration must not run.
+   */
+  async #backUp(
+    session: SqlSession,
+    job: MigrationJob,
+  ): Promise<{ record: BackupInfo | null; error: ExecutionError | null }> {
+    const plan = job.backup;
+    if (!plan || job.dryRun) return { record: null, error: null };
+    if (plan.kind === 'taken') return { record: plan.record, error: null };
+    try {
+      const tables = await existingTables(session, [...new Set(job.statements.flatMap((s) => s.relations))]);
+      for (const sql of tableCopyStatements(plan.schema, job.approvalId, tables)) await session.query(sql);
+      const record = tableCopyRecord(plan.schema, job.approvalId, tables);
+      return { record: { ...record, tables: [...record.tables] }, error: null };
+    } catch (caught) {
+      const fields = (typeof caught === 'object' && caught !== null ? caught : {}) as PgErrorFields;
+      return {
+        record: null,
+        error: {
+          sqlstate: typeof fields.code === 'string' && /^[0-9A-Z]{5}$/.test(fields.code) ? fields.code : null,
+          message: `backup_before failed, so no statement ran: ${fields.message ?? String(caught)}`,
+          detail: fields.detail ?? null,
+          hint: fields.hint ?? null,
+          statement: null,
+          line: null,
+          column: null,
+        },
+      };
+    }
   }
 
   /** Runs the rollback SQL after the migration, inside the dry run's savepoint, to prove it works. */
@@ -438,8 +491,8 @@ export class Executor {
     await session.query(
       `insert into ${this.#ledger}
          (approval_id, request_hash, state, dry_run, transactional, attempts, started_at, finished_at,
-          duration_ms, rows_affected, statements, error, executed_by, rollback_rehearsal)
-       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12, $14)`,
+          duration_ms, rows_affected, statements, error, executed_by, rollback_rehearsal, backup)
+       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12, $14, $15)`,
       [
         job.approvalId,
         job.requestHash,
@@ -455,6 +508,7 @@ export class Executor {
         result.executed_by,
         attempts,
         result.rollback_rehearsal === null ? null : JSON.stringify(result.rollback_rehearsal),
+        result.backup === null ? null : JSON.stringify(result.backup),
       ],
     );
   }
@@ -494,16 +548,21 @@ export class Executor {
       statements: [],
       error: null,
       rollback_rehearsal: null,
+      backup: null,
       executed_by: this.#instanceId,
     });
     const statements: StatementOutcome[] = [];
-    let error: ExecutionError | null = null;
     await session.query(
       `select set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)`,
       [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
     );
+    // The copies commit on their own before the first step: a step-by-step run has no shared transaction.
+    await session.query('begin');
+    const backup = await this.#backUp(session, job);
+    await session.query(backup.error === null ? 'commit' : 'rollback');
+    let error: ExecutionError | null = backup.error;
     try {
-      for (const statement of job.statements) {
+      for (const statement of error === null ? job.statements : []) {
         const step = [job.approvalId, statement.index + 1];
         await session.query(
           `insert into ${this.#steps} (approval_id, statement, kind, sql, state, started_at) values ($1, $2, $3, $4, 'started', now())`,
@@ -543,10 +602,12 @@ export class Executor {
       statements,
       error,
       rollback_rehearsal: null,
+      backup: backup.record,
       executed_by: this.#instanceId,
     };
     await session.query(
-      `update ${this.#ledger} set state = $2, finished_at = $3, duration_ms = $4, rows_affected = $5, statements = $6, error = $7
+      `update ${this.#ledger} set state = $2, finished_at = $3, duration_ms = $4, rows_affected = $5, statements = $6, error = $7,
+              backup = $8
         where approval_id = $1`,
       [
         job.approvalId,
@@ -556,6 +617,7 @@ export class Executor {
         result.rows_affected,
         JSON.stringify(result.statements),
         result.error === null ? null : JSON.stringify(result.error),
+        result.backup === null ? null : JSON.stringify(result.backup),
       ],
     );
     return result;

@@ -14,6 +14,14 @@ export const ExecutionError = z.object({
 });
 export type ExecutionError = z.infer<typeof ExecutionError>;
 
+export const BackupInfo = z.object({
+  method: z.enum(['pg_dump', 'table_copy']),
+  location: z.string().describe('The dump file, or the schema-qualified copy tables.'),
+  tables: z.array(z.string()),
+  bytes: z.number().int().nullable(),
+});
+export type BackupInfo = z.infer<typeof BackupInfo>;
+
 export const StatementOutcome = z.object({
   statement: z.number().int().describe('1-based number of the statement.'),
   kind: z.string().describe('Parse-tree kind, e.g. AlterTableStmt.'),
@@ -40,6 +48,7 @@ export const ExecutionResult = z.object({
   rows_affected: z.number().int().nullable(),
   statements: z.array(StatementOutcome),
   error: ExecutionError.nullable(),
+  backup: BackupInfo.nullable().describe('What backup_before saved before the migration ran, and where.'),
   rollback_rehearsal: z
     .object({
       state: z.enum(['succeeded', 'failed', 'not_provided', 'not_reached']),

@@ -39,6 +39,21 @@ export const ToolOutcome = z.object({
     .nullable()
     .describe('Why the request was refused.'),
   result: ExecutionResult.nullable(),
+  impact: z
+    .array(
+      z.object({
+        name: z.string(),
+        exists: z.boolean(),
+        kind: z.string().nullable(),
+        estimated_rows: z
+          .number()
+          .nullable()
+          .describe("The planner's estimate (pg_class.reltuples), not an exact count."),
+        total_bytes: z.number().nullable(),
+        indexes: z.number().nullable(),
+      }),
+    )
+    .describe('Each table the SQL names, from the live catalog when the request was made.'),
   findings: z
     .array(RiskFinding)
     .describe(
@@ -66,6 +81,7 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
     expires_at: request.expires_at,
     problem: status.problem,
     findings: [...status.findings],
+    impact: [...status.impact],
     decided_by: decision?.decided_by ?? null,
     decided_at: decision?.decided_at ?? null,
     reason: decision?.reason ?? null,
@@ -173,6 +189,7 @@ export function outcomeOfRefusal(error: unknown): ToolOutcome {
   return {
     ...NOTHING,
     findings: [],
+    impact: [],
     approval_id: null,
     status: 'REFUSED',
     execution: 'not_started',

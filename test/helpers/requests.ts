@@ -34,6 +34,16 @@ export function sampleRequest(
 }
 
 export const sampleContext = {
+  impact: [
+    {
+      name: 'customers',
+      exists: true,
+      kind: 'table' as const,
+      estimated_rows: 10_234_567,
+      total_bytes: 2_147_483_648,
+      indexes: 3,
+    },
+  ],
   findings: [
     {
       statement: 2,

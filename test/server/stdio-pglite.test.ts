@@ -86,6 +86,26 @@ describe('the embedded PGlite database', () => {
     );
     expect((await applied).outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
 
+    // backup_before on the embedded database: copies inside it, taken in the migration's transaction.
+    const purge = server.call('execute_migration', {
+      environment: 'production',
+      database: 'main_db',
+      sql: 'DELETE FROM customers WHERE id > 0',
+      backup_before: true,
+      title: 'Purge customers',
+      reason: 'Deleting rows, with a backup first.',
+    });
+    await decideInFile(await nextApprovalFile(workspace.config.approvalsDir, seen), {
+      status: 'APPROVED',
+      decidedBy: 'Dana',
+    });
+    const purged = (await purge).outcome;
+    expect(purged).toMatchObject({
+      execution: 'succeeded',
+      result: { backup: { method: 'table_copy', tables: ['customers'] } },
+    });
+    expect(purged.findings.map((f) => f.code)).toEqual([]);
+
     // A second process on the same embedded database is refused instead of corrupting it.
     const second = await startStdioServer(workspace.configPath);
     const refused = await second.call('execute_migration', {
@@ -103,5 +123,14 @@ describe('the embedded PGlite database', () => {
     expect(after).toContain('loyalty_tier');
     expect(after).not.toContain('rehearsal');
     expect(after).toContain('id');
+    const knex = openDatabase('main_db', { client: 'pglite', path: path.join(workspace.dir, 'pgdata') });
+    try {
+      const location = purged.result?.backup?.location ?? '';
+      expect(await knex('customers').count('* as n')).toEqual([{ n: 0 }]);
+      const restored = await knex.raw(`select name from ${location} order by id`);
+      expect(restored.rows).toEqual([{ name: 'a' }]);
+    } finally {
+      await knex.destroy();
+    }
   });
 });

@@ -151,7 +151,6 @@ describe('decisions within the wait bound', () => {
       'DRY_RUN_IMPOSSIBLE',
     ],
     ['a rollback the parser rejects', { rollback_sql: 'DROP' }, 'ROLLBACK_SQL_INVALID'],
-    ['backup_before, which cannot be honoured yet', { backup_before: true }, 'BACKUP_UNSUPPORTED'],
     [
       'a migration_file outside the repository',
       { migration_file: '../../etc/passwd' },
@@ -257,6 +256,11 @@ describe('decisions that take longer than the wait bound', () => {
     expect(first.outcome).toMatchObject({ status: 'PENDING', execution: 'not_started', final: false });
     expect(first.outcome.approval_id).toMatch(/^APR-\d{8}-\d{3}$/);
     expect(first.outcome.next_step).toContain('await_approval');
+    // The server's own facts come back at once, so the agent can withdraw before a human spends time.
+    expect(first.outcome.findings.map((f) => f.code)).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+    expect(first.outcome.impact).toEqual([
+      expect.objectContaining({ name: table, exists: true, kind: 'table', indexes: 1 }),
+    ]);
     expect(first.outcome.expires_at).toMatch(/[+-]\d{2}:\d{2}$/);
     const file = first.outcome.file ?? '';
     seen.add(path.basename(file));
