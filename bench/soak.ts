@@ -15,7 +15,7 @@
  * interrupted.
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,7 +29,7 @@ import { RESULT_MARKER } from '../src/approvals/render.js';
 import { ApprovalStore } from '../src/approvals/store.js';
 import { parseConfig, type ConfigInput } from '../src/config.js';
 import { CRASH_POINTS, type CrashPoint } from '../src/faults.js';
-import { stdioServerCommand } from '../src/server/launch.js';
+import { PROJECT_ROOT, stdioServerCommand } from '../src/server/launch.js';
 import { ToolOutcome } from '../src/server/outcome.js';
 
 /** Fewer trials leave too few per crash point (~20 each at 200) to mean anything; --quick overrides. */
@@ -42,15 +42,25 @@ const MAX_DECISION_DELAY_MS = 300;
  * polls again soon instead of sitting out the default 50 s; long enough for any healthy execution.
  */
 const MAX_WAIT_SECONDS = 5;
+/**
+ * Client-side bound of one tool call. Far above MAX_WAIT_SECONDS: a call only gets near it when
+ * the server is stuck (or the machine overloaded), and then the trial fails rather than waiting on.
+ */
+const CALL_TIMEOUT_MS = 60_000;
+/** How long the first server may take to write the approval file (it prepares the ledger first). */
+const FILE_DEADLINE_MS = 60_000;
 /** After the restart, a decision not final within this long counts as lost. */
 const DECISION_DEADLINE_MS = 30_000;
 /** How long the server may take to append the Outcome section after answering with a final result. */
 const OUTCOME_DEADLINE_MS = 10_000;
 /** A trial still running after this long is killed and counted as hung (a healthy one takes ~5-10 s). */
-const TRIAL_DEADLINE_MS = 150_000;
+const TRIAL_DEADLINE_MS = 180_000;
 /** Server stderr lines kept per process, printed only when its trial fails. */
 const STDERR_TAIL_LINES = 25;
 const STDERR_LINE_CHARS = 400;
+
+/** The real server on this machine, as in the tests. */
+const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
@@ -64,6 +74,8 @@ interface Options {
   readonly quick: boolean;
   readonly only: ReadonlySet<number> | null;
   readonly keepFailed: boolean;
+  /** Print every trial's notes, not only failed ones' (to see where a trial spends its time). */
+  readonly verbose: boolean;
   readonly maxMinutes: number;
   readonly databaseUrl: string;
 }
@@ -77,6 +89,7 @@ function readOptions(): Options {
       quick: { type: 'boolean', default: false },
       only: { type: 'string' },
       'keep-failed': { type: 'boolean', default: false },
+      verbose: { type: 'boolean', default: false },
       'max-minutes': { type: 'string' },
     },
     strict: true,
@@ -110,9 +123,9 @@ function readOptions(): Options {
     quick,
     only,
     keepFailed: values['keep-failed'] === true,
+    verbose: values.verbose === true,
     maxMinutes: integer('max-minutes', values['max-minutes'] ?? env.SOAK_MAX_MINUTES, 30, 1, 24 * 60),
-    databaseUrl:
-      env.SOAK_DATABASE_URL ?? env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+    databaseUrl: env.SOAK_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL,
   };
 }
 
@@ -220,6 +233,12 @@ async function startServer(role: string, configPath: string, env: Record<string,
     stderrTail: () => (partial ? [...tail, partial] : [...tail]),
     async call(name, callArgs, timeoutMs) {
       const result = await client.callTool({ name, arguments: callArgs }, undefined, { timeout: timeoutMs });
+      if (result.structuredContent === undefined) {
+        // A tool that threw: the SDK answers with isError and the message as text only.
+        const content = Array.isArray(result.content) ? (result.content as { text?: unknown }[]) : [];
+        const text = content.map((c) => (typeof c.text === 'string' ? c.text : '')).join(' ');
+        throw new Error(`${name} answered without a structured result: ${text.slice(0, 500)}`);
+      }
       // Validated, not cast: a changed result shape should fail trials loudly, not skew the counts.
       return ToolOutcome.parse(result.structuredContent);
     },
@@ -259,27 +278,9 @@ interface Workspace {
   readonly configPath: string;
   readonly approvalsDir: string;
   readonly schema: string;
+  /** Its trials so far, checked again by one more restart when the worker leaves the workspace. */
+  readonly trials: Trial[];
 }
-
-interface TrialResult {
-  readonly spec: TrialSpec;
-  readonly id: string | null;
-  readonly rows: number | null;
-  readonly execution: string | null;
-  readonly double: boolean;
-  readonly lost: boolean;
-  readonly stuck: boolean;
-  readonly hung: boolean;
-  /** Anything else unexpected, one phrase each. */
-  readonly wrong: readonly string[];
-  /** What happened, for the failure report. */
-  readonly notes: readonly string[];
-  readonly stderr: readonly { readonly role: string; readonly lines: readonly string[] }[];
-  readonly durationMs: number;
-  readonly workspace: string;
-}
-
-const failed = (r: TrialResult) => r.double || r.lost || r.stuck || r.hung || r.wrong.length > 0;
 
 /** Rows of a tag in the counter table, and the ledger rows of an approval id. */
 interface Observation {
@@ -296,6 +297,8 @@ class Soak {
   readonly #schemas: string[] = [];
   readonly #keep: string[] = [];
   readonly #generations = new Map<number, number>();
+  /** Failures of the soak itself (not of a trial), e.g. a verification server that did not answer. */
+  readonly problems: string[] = [];
   #interrupted = false;
 
   private constructor(options: Options, knex: Knex, root: string) {
@@ -322,6 +325,10 @@ class Soak {
       t.text('tag').notNullable();
     });
     return soak;
+  }
+
+  get databaseUrl(): string {
+    return this.#options.databaseUrl;
   }
 
   get counter(): string {
@@ -367,31 +374,73 @@ class Soak {
     const configPath = path.join(dir, 'approval-gate.yaml');
     await writeFile(configPath, stringify(input));
     const config = parseConfig(input, dir, configPath);
-    return { dir, configPath, approvalsDir: config.approvalsDir, schema };
+    return { dir, configPath, approvalsDir: config.approvalsDir, schema, trials: [] };
   }
 
-  /** Keeps a failed trial's workspace for inspection when asked to; otherwise it goes with the root. */
-  retire(workspace: Workspace, failedTrial: boolean): void {
-    if (failedTrial && this.#options.keepFailed) this.#keep.push(workspace.dir);
+  /**
+   * The last check of a workspace: one more restart over every request its trials left behind.
+   * Every server start resumes whatever looks unfinished, so a finished request that is run again
+   * shows up here as extra rows or a changed answer. (Each trial's own restart already ran over all
+   * earlier trials of the workspace; this covers the last one.) Returns the trials that failed it.
+   */
+  async retire(workspace: Workspace): Promise<Trial[]> {
+    const finished = workspace.trials.filter((t) => t.id !== null && t.execution !== null && !t.hung);
+    const newlyFailed: Trial[] = [];
+    if (finished.length > 0 && !this.#interrupted) {
+      let verifier: Session | null = null;
+      try {
+        verifier = await startServer('verification restart', workspace.configPath, {
+          SOAK_MAIN_DB_URL: this.databaseUrl,
+        });
+        const answers = new Map<Trial, string>();
+        for (const trial of finished) {
+          if (trial.id === null) continue;
+          const status = await verifier.call('get_approval_status', { id: trial.id }, CALL_TIMEOUT_MS);
+          answers.set(trial, status.execution);
+        }
+        // Closed before counting, so the rows include whatever its own resume did.
+        await verifier.close();
+        for (const trial of finished) {
+          const wasFailed = trial.failed;
+          trial.verify(answers.get(trial) ?? '(no answer)', await this.observe(workspace, trial));
+          if (trial.failed && !wasFailed) newlyFailed.push(trial);
+        }
+      } catch (error) {
+        this.problems.push(
+          `verification restart of ${workspace.dir} failed: ${error instanceof Error ? error.message : String(error)}` +
+            (verifier ? `\n${verifier.stderrTail().join('\n')}` : ''),
+        );
+      } finally {
+        verifier?.kill();
+      }
+    }
+    if (this.#options.keepFailed && workspace.trials.some((t) => t.failed)) this.#keep.push(workspace.dir);
+    return newlyFailed;
   }
 
-  async observe(workspace: Workspace, tag: string, id: string): Promise<Observation> {
-    const [row] = await this.#knex(this.#counter).where({ tag }).count<{ count: string }[]>('* as count');
+  async observe(workspace: Workspace, trial: Trial): Promise<Observation> {
+    const [row] = await this.#knex(this.#counter)
+      .where({ tag: trial.tag })
+      .count<{ count: string }[]>('* as count');
     const hasLedger = await this.#knex.schema.withSchema(workspace.schema).hasTable('ledger');
-    const ledger: { state: string }[] = hasLedger
-      ? await this.#knex.withSchema(workspace.schema).table('ledger').where({ approval_id: id }).select('state')
-      : [];
+    const ledger: { state: string }[] =
+      hasLedger && trial.id !== null
+        ? await this.#knex
+            .withSchema(workspace.schema)
+            .table('ledger')
+            .where({ approval_id: trial.id })
+            .select('state')
+        : [];
     return { rows: Number(row?.count ?? 0), ledger };
   }
 
-  async close(): Promise<string[]> {
+  async close(): Promise<void> {
     for (const session of [...live]) session.kill();
-    const problems: string[] = [];
     try {
       await this.#knex.schema.dropTableIfExists(this.#counter);
       for (const schema of this.#schemas) await this.#knex.raw('drop schema if exists ?? cascade', [schema]);
     } catch (error) {
-      problems.push(`could not drop soak tables/schemas: ${String(error)}`);
+      this.problems.push(`could not drop the soak's table and schemas: ${String(error)}`);
     } finally {
       await this.#knex.destroy();
     }
@@ -403,15 +452,15 @@ class Soak {
         const dir = path.join(this.#root, name);
         if (!this.#keep.includes(dir)) await rm(dir, { recursive: true, force: true });
       }
-      problems.push(`kept failed workspaces: ${this.#keep.join(', ')}`);
+      say(`note: kept the workspaces of failed trials: ${this.#keep.join(', ')}`);
     }
-    return problems;
   }
 
-  async runTrial(spec: TrialSpec, workspace: Workspace): Promise<TrialResult> {
+  /** Runs one trial under its deadline; a trial past it is killed and counted as hung. */
+  async runTrial(spec: TrialSpec, workspace: Workspace): Promise<Trial> {
+    const trial = new Trial(this, spec, workspace);
+    workspace.trials.push(trial);
     const started = Date.now();
-    const sessions: Session[] = [];
-    const trial = new Trial(this, spec, workspace, sessions);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'hung'>((resolve) => {
       timer = setTimeout(() => resolve('hung'), TRIAL_DEADLINE_MS);
@@ -421,116 +470,132 @@ class Soak {
     clearTimeout(timer);
     if (outcome === 'hung') {
       trial.cancel();
-      for (const session of sessions) session.kill();
       // The killed servers make its pending calls fail; give the trial a moment to notice and stop.
-      await Promise.race([work.catch(() => undefined), sleep(5000)]);
-    } else {
-      for (const session of sessions) await session.close().catch(() => undefined);
+      await Promise.race([work, sleep(5000)]);
     }
-    return trial.result(outcome === 'hung', Date.now() - started);
+    await trial.closeSessions();
+    trial.durationMs = Date.now() - started;
+    return trial;
   }
 }
 
-/** One crash/restart trial: its steps, and everything it saw. */
+/** One crash/restart trial: its steps, and everything it saw (the record the report is made of). */
 class Trial {
   readonly #soak: Soak;
-  readonly #spec: TrialSpec;
+  readonly spec: TrialSpec;
   readonly #workspace: Workspace;
-  readonly #sessions: Session[];
-  readonly #tag: string;
-  readonly #notes: string[] = [];
-  readonly #wrong: string[] = [];
-  #id: string | null = null;
-  #rows: number | null = null;
-  #execution: string | null = null;
-  #double = false;
-  #lost = false;
-  #stuck = false;
+  readonly #sessions: Session[] = [];
+  readonly tag: string;
+  /** What happened, each line stamped with ms since the trial began, for the failure report. */
+  readonly notes: string[] = [];
+  readonly #began = Date.now();
+  /** Wall-clock start (UTC), to line a failure up with server logs and code edits. */
+  readonly startedAt = new Date().toISOString().slice(11, 19);
+  /** Anything unexpected that is not a double execution, lost decision, stuck file or hang. */
+  readonly wrong: string[] = [];
+  id: string | null = null;
+  rows: number | null = null;
+  /** The final answer's execution; null when the trial never got one. */
+  execution: string | null = null;
+  double = false;
+  lost = false;
+  stuck = false;
+  hung = false;
+  durationMs = 0;
   #cancelled = false;
 
-  constructor(soak: Soak, spec: TrialSpec, workspace: Workspace, sessions: Session[]) {
+  constructor(soak: Soak, spec: TrialSpec, workspace: Workspace) {
     this.#soak = soak;
-    this.#spec = spec;
+    this.spec = spec;
     this.#workspace = workspace;
-    this.#sessions = sessions;
-    this.#tag = `t${spec.index}_${randomBytes(3).toString('hex')}`;
+    this.tag = `t${spec.index}_${randomBytes(3).toString('hex')}`;
   }
 
+  #note(line: string): void {
+    this.notes.push(`+${String(Date.now() - this.#began).padStart(5)} ms  ${line}`);
+  }
+
+  get failed(): boolean {
+    return this.double || this.lost || this.stuck || this.hung || this.wrong.length > 0;
+  }
+
+  get workspaceDir(): string {
+    return this.#workspace.dir;
+  }
+
+  stderr(): { role: string; lines: string[] }[] {
+    return this.#sessions.map((s) => ({ role: s.role, lines: s.stderrTail() }));
+  }
+
+  /** The deadline passed: kill its servers and let no later step of it start another. */
   cancel(): void {
     this.#cancelled = true;
+    this.hung = true;
+    for (const session of this.#sessions) session.kill();
   }
 
-  result(hung: boolean, durationMs: number): TrialResult {
-    return {
-      spec: this.#spec,
-      id: this.#id,
-      rows: this.#rows,
-      execution: this.#execution,
-      double: this.#double,
-      lost: this.#lost,
-      stuck: this.#stuck,
-      hung,
-      wrong: [...this.#wrong],
-      notes: [...this.#notes],
-      stderr: this.#sessions.map((s) => ({ role: s.role, lines: s.stderrTail() })),
-      durationMs,
-      workspace: this.#workspace.dir,
-    };
+  async closeSessions(): Promise<void> {
+    for (const session of this.#sessions) {
+      if (this.#cancelled) session.kill();
+      else await session.close().catch(() => session.kill());
+    }
   }
 
   async #start(role: string, crashAt: CrashPoint | null): Promise<Session> {
     // A hung trial's leftover steps must not spawn servers into a workspace the worker has left.
     if (this.#cancelled || this.#soak.interrupted) throw new Error('trial cancelled');
-    const env: Record<string, string> = { SOAK_MAIN_DB_URL: this.#soakDatabaseUrl() };
+    const env: Record<string, string> = { SOAK_MAIN_DB_URL: this.#soak.databaseUrl };
     if (crashAt !== null) env.APPROVAL_GATE_CRASH_AT = crashAt;
     const session = await startServer(role, this.#workspace.configPath, env);
+    if (this.#cancelled) {
+      // Spawned while the deadline passed: nobody will close it.
+      session.kill();
+      throw new Error('trial cancelled');
+    }
     this.#sessions.push(session);
+    this.#note(`${role} up`);
     return session;
   }
 
-  #soakDatabaseUrl(): string {
-    return process.env.SOAK_DATABASE_URL ?? process.env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
-  }
-
-  #note(line: string): void {
-    this.#notes.push(line);
-  }
-
   async #decide(file: string): Promise<void> {
-    await sleep(this.#spec.delayMs);
-    await decideInFile(file, { status: 'APPROVED', decidedBy: 'Soak Reviewer' }, this.#spec.style);
-    this.#note(`saved APPROVED (${this.#spec.style}, after ${this.#spec.delayMs} ms, ${this.#spec.timing})`);
+    await sleep(this.spec.delayMs);
+    await decideInFile(file, { status: 'APPROVED', decidedBy: 'Soak Reviewer' }, this.spec.style);
+    this.#note(`saved APPROVED (${this.spec.style}, after ${this.spec.delayMs} ms, ${this.spec.timing})`);
   }
 
   get #expectedRows(): number {
-    if (this.#spec.point === 'after-step-started') return 0;
-    if (this.#spec.point === 'after-step-executed') return 1;
+    if (this.spec.point === 'after-step-started') return 0;
+    if (this.spec.point === 'after-step-executed') return 1;
     return 2;
   }
 
   get #expectedExecution(): 'unknown' | 'succeeded' {
-    return isStepPoint(this.#spec.point) ? 'unknown' : 'succeeded';
+    return isStepPoint(this.spec.point) ? 'unknown' : 'succeeded';
   }
 
   async run(): Promise<void> {
     try {
       await this.#steps();
     } catch (error) {
-      if (!this.#cancelled) this.#wrong.push(`trial error: ${error instanceof Error ? error.message : String(error)}`);
+      if (!this.#cancelled)
+        this.wrong.push(`trial error: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 
   async #steps(): Promise<void> {
-    const { point, timing } = this.#spec;
+    const { point, timing } = this.spec;
     const counter = this.#soak.counter;
-    const tag = this.#tag;
+    const tag = this.tag;
     // Transactional SQL must run exactly once (2 rows); step-by-step SQL must never be retried.
     const sql = isStepPoint(point)
       ? `INSERT INTO ${counter} (tag) VALUES ('${tag}'); CREATE INDEX CONCURRENTLY ${tag}_idx ON ${counter}(tag)`
       : `INSERT INTO ${counter} (tag) VALUES ('${tag}'); INSERT INTO ${counter} (tag) VALUES ('${tag}')`;
     const known = new Set(await approvalFileNames(this.#workspace.approvalsDir));
 
-    const first = await this.#start(point === 'none' ? 'server' : 'doomed server', point === 'none' ? null : point);
+    const first = await this.#start(
+      point === 'none' ? 'server' : 'doomed server',
+      point === 'none' ? null : point,
+    );
     const call = first
       .call(
         'execute_migration',
@@ -538,111 +603,145 @@ class Trial {
           environment: 'production',
           database: 'main_db',
           sql,
-          title: `Soak trial ${this.#spec.index}: ${point}`,
+          title: `Soak trial ${this.spec.index}: ${point}`,
           reason: 'Crash soak: this request must run exactly once, or be reported honestly as unknown.',
         },
-        (MAX_WAIT_SECONDS + 15) * 1000,
+        CALL_TIMEOUT_MS,
       )
       .then(
         (outcome) => ({ died: false as const, outcome }),
         (error: unknown) => ({ died: true as const, error: String(error) }),
       );
-    const file = await nextApprovalFile(this.#workspace.approvalsDir, known);
+    let ended: string | null = null;
+    void call.then((answer) => {
+      ended = answer.died
+        ? `failed: ${answer.error}`
+        : `answered ${answer.outcome.status}: ${answer.outcome.message}`;
+    });
+    const file = await nextApprovalFile(this.#workspace.approvalsDir, known, () => ended);
     const id = ApprovalStore.idOfFileName(path.basename(file));
     if (id === null) throw new Error(`unexpected approval file name ${file}`);
-    this.#id = id;
+    this.id = id;
     if (timing === 'with-first-server') await this.#decide(file);
 
     const answer = await call;
     if (point === 'none') {
       if (answer.died) {
-        this.#wrong.push(`server without a crash point died: ${answer.error}`);
+        this.wrong.push(`server without a crash point died: ${answer.error}`);
       } else {
         this.#note(`first answer: ${answer.outcome.status}/${answer.outcome.execution}`);
         if (answer.outcome.final && answer.outcome.execution !== 'succeeded')
-          this.#wrong.push(`first answer ${answer.outcome.status}/${answer.outcome.execution}`);
+          this.wrong.push(`first answer ${answer.outcome.status}/${answer.outcome.execution}`);
       }
     } else if (!answer.died) {
-      this.#wrong.push(
+      this.wrong.push(
         `crash point ${point} not reached: answered ${answer.outcome.status}/${answer.outcome.execution}`,
       );
     } else if (first.crashedAt() !== point) {
-      this.#wrong.push(`server died, but not at ${point} (announced: ${first.crashedAt() ?? 'nothing'})`);
+      this.wrong.push(`server died, but not at ${point} (announced: ${first.crashedAt() ?? 'nothing'})`);
     } else {
       this.#note(`killed at ${point}`);
     }
     await first.close();
+    this.#note(`${first.role} gone`);
 
     if (timing === 'while-down') await this.#decide(file);
-    const restartedAt = Date.now();
     const restarted = await this.#start('restarted server', null);
     if (timing === 'after-restart') await this.#decide(file);
 
     // The agent's side: keep awaiting, as the tool tells it to, until final or the decision is lost.
-    const awaitDeadline = Math.max(restartedAt, Date.now()) + DECISION_DEADLINE_MS;
-    let outcome = await restarted.call('await_approval', { id, max_wait_seconds: 1 }, 20_000);
-    while (!outcome.final && Date.now() < awaitDeadline) {
+    // Counted from when both a server and the decision exist, so a slow spawn is not a lost decision.
+    const awaitDeadline = Date.now() + DECISION_DEADLINE_MS;
+    let outcome: ToolOutcome;
+    do {
       const left = Math.max(0.1, Math.min(MAX_WAIT_SECONDS, (awaitDeadline - Date.now()) / 1000));
-      outcome = await restarted.call('await_approval', { id, max_wait_seconds: left }, 20_000);
-    }
-    this.#execution = outcome.execution;
-    this.#note(`after restart: ${outcome.status}/${outcome.execution}, final ${String(outcome.final)}`);
-    const seen = await this.#soak.observe(this.#workspace, tag, id);
-    this.#rows = seen.rows;
+      outcome = await restarted.call('await_approval', { id, max_wait_seconds: left }, CALL_TIMEOUT_MS);
+    } while (!outcome.final && Date.now() < awaitDeadline);
+    this.#note(
+      `after restart: ${outcome.status}/${outcome.execution}, final ${String(outcome.final)}: ${outcome.message}`,
+    );
+    const seen = await this.#soak.observe(this.#workspace, this);
+    this.rows = seen.rows;
     this.#note(`rows ${seen.rows}, ledger [${seen.ledger.map((r) => r.state).join(', ')}]`);
     this.#judgeRows(seen);
     if (!outcome.final || outcome.status !== 'APPROVED') {
-      this.#lost = true;
+      this.lost = true;
       this.#note(outcome.final ? `approved decision ended as ${outcome.status}` : 'never became final');
       return;
     }
+    this.execution = outcome.execution;
     if (outcome.execution !== this.#expectedExecution)
-      this.#wrong.push(`execution ${outcome.execution}, expected ${this.#expectedExecution}`);
+      this.wrong.push(`execution ${outcome.execution}, expected ${this.#expectedExecution}`);
     const ledgerState = seen.ledger[0]?.state;
     if (ledgerState !== this.#expectedExecution)
-      this.#wrong.push(`ledger state ${ledgerState ?? '(none)'}, expected ${this.#expectedExecution}`);
+      this.wrong.push(`ledger state ${ledgerState ?? '(none)'}, expected ${this.#expectedExecution}`);
 
     // The file is what the human reads: it must end with the Outcome and never still say running.
     const text = await waitForFileText(file, (t) => t.includes(RESULT_MARKER) && t.includes('## Outcome'));
     const fileExecution = frontMatterExecution(text.text);
-    if (fileExecution === 'running') this.#stuck = true;
-    if (!text.ok) this.#wrong.push(`no Outcome section in the file after ${OUTCOME_DEADLINE_MS} ms`);
+    if (fileExecution === 'running') this.stuck = true;
+    if (!text.ok) this.wrong.push(`no Outcome section in the file after ${OUTCOME_DEADLINE_MS} ms`);
     else if (fileExecution !== this.#expectedExecution && fileExecution !== 'running')
-      this.#wrong.push(`file says execution ${fileExecution ?? '(none)'}`);
+      this.wrong.push(`file says execution ${fileExecution ?? '(none)'}`);
     await restarted.close();
-
-    // A second restart finds nothing to do: a finished request is never run again.
-    const again = await this.#start('second restart', null);
-    const status = await again.call('get_approval_status', { id }, 20_000);
-    if (status.execution !== outcome.execution)
-      this.#wrong.push(`second restart reports ${status.execution}, first reported ${outcome.execution}`);
-    await again.close();
-    const after = await this.#soak.observe(this.#workspace, tag, id);
-    if (after.rows !== seen.rows || after.ledger.length !== seen.ledger.length) {
-      this.#note(`after second restart: rows ${after.rows}, ledger rows ${after.ledger.length}`);
-      this.#rows = after.rows;
-      this.#judgeRows(after);
-      if (after.rows < seen.rows) this.#wrong.push('rows disappeared after the second restart');
-    }
-    const finalText = await readFile(file, 'utf8');
-    if (frontMatterExecution(finalText) === 'running') this.#stuck = true;
   }
 
   /** More rows than one execution makes, a retried step, or two ledger rows: executed twice. */
   #judgeRows(seen: Observation): void {
     const expected = this.#expectedRows;
-    if (seen.rows > expected || seen.ledger.length > 1) this.#double = true;
-    if (!isStepPoint(this.#spec.point)) {
-      if (seen.rows === 0) this.#lost = true;
-      else if (seen.rows === 1) this.#wrong.push('1 row: the transaction was only half applied');
+    if (seen.rows > expected || seen.ledger.length > 1) this.double = true;
+    if (!isStepPoint(this.spec.point)) {
+      if (seen.rows === 0) this.lost = true;
+      else if (seen.rows === 1) this.wrong.push('1 row: the transaction was only half applied');
     } else if (seen.rows < expected) {
-      this.#wrong.push(`${seen.rows} rows: the executed step is missing`);
+      this.wrong.push(`${seen.rows} rows: the executed step is missing`);
     }
-    if (seen.ledger.length === 0) this.#wrong.push('no ledger row');
+    if (seen.ledger.length === 0) this.wrong.push('no ledger row');
+  }
+
+  /** The verification restart's view: same answer, and not one row more. */
+  verify(execution: string, seen: Observation): void {
+    if (execution !== this.execution)
+      this.wrong.push(`a later restart reports ${execution}, the trial saw ${this.execution ?? '(none)'}`);
+    if (seen.rows !== this.rows || seen.ledger.length !== 1) {
+      this.#note(`after later restarts: rows ${seen.rows}, ledger rows ${seen.ledger.length}`);
+      if (seen.rows > (this.rows ?? 0) || seen.ledger.length > 1) this.double = true;
+      else this.wrong.push('rows or ledger row disappeared after later restarts');
+      this.rows = seen.rows;
+    }
   }
 }
 
-const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
+/**
+ * Modification times of the code every spawned server loads. Each server reads src/ afresh, so an
+ * edit during the run means later trials test different code than earlier ones (and a ledger row
+ * written by one version is read by another); a failure near such an edit may be that skew.
+ */
+async function codeSnapshot(): Promise<Map<string, number>> {
+  const times = new Map<string, number>();
+  for (const top of ['src', 'migrations']) {
+    const root = path.join(PROJECT_ROOT, top);
+    const entries = await readdir(root, { recursive: true }).catch(() => [] as string[]);
+    for (const entry of entries) {
+      const file = path.join(top, entry);
+      const info = await stat(path.join(PROJECT_ROOT, file)).catch(() => null);
+      if (info?.isFile()) times.set(file, info.mtimeMs);
+    }
+  }
+  return times;
+}
+
+function codeChanges(before: ReadonlyMap<string, number>, after: ReadonlyMap<string, number>): string[] {
+  const clock = (ms: number) => new Date(ms).toISOString().slice(11, 19);
+  const changes: string[] = [];
+  for (const [file, ms] of after) {
+    const was = before.get(file);
+    if (was === undefined) changes.push(`${file} (added ${clock(ms)})`);
+    else if (was !== ms) changes.push(`${file} (${clock(ms)})`);
+  }
+  for (const file of before.keys()) if (!after.has(file)) changes.push(`${file} (removed)`);
+  return changes.sort();
+}
 
 function frontMatterExecution(text: string): string | null {
   try {
@@ -657,16 +756,26 @@ async function approvalFileNames(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((name) => ApprovalStore.idOfFileName(name) !== null);
 }
 
-/** The path of the first approval file in `dir` not in `known` (copied from test/helpers/files.ts). */
-async function nextApprovalFile(dir: string, known: ReadonlySet<string>, timeoutMs = 20_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
+/**
+ * The path of the first approval file in `dir` not in `known` (after test/helpers/files.ts). Gives
+ * up early once `settled()` says the call that should write it has ended without writing one.
+ */
+async function nextApprovalFile(
+  dir: string,
+  known: ReadonlySet<string>,
+  settled: () => string | null,
+): Promise<string> {
+  const deadline = Date.now() + FILE_DEADLINE_MS;
   while (Date.now() < deadline) {
+    // Read before listing: a call that ended before the listing had its chance to write the file.
+    const ended = settled();
     for (const name of await approvalFileNames(dir)) {
       if (!known.has(name)) return path.join(dir, name);
     }
+    if (ended !== null) throw new Error(`no approval file was written; execute_migration ${ended}`);
     await sleep(10);
   }
-  throw new Error(`no new approval file appeared in ${dir} within ${timeoutMs} ms`);
+  throw new Error(`no new approval file appeared in ${dir} within ${FILE_DEADLINE_MS} ms`);
 }
 
 /** Polls `file` until `predicate` holds; returns the last text either way. */
@@ -708,10 +817,10 @@ const emptyTally = (): Tally => ({
   ms: 0,
 });
 
-function add(tally: Tally, r: TrialResult): void {
+function add(tally: Tally, r: Trial): void {
   tally.trials += 1;
   tally.ms += r.durationMs;
-  if (!failed(r)) {
+  if (!r.failed) {
     if (isStepPoint(r.spec.point)) tally.unknownOk += 1;
     else tally.once += 1;
   }
@@ -728,13 +837,15 @@ function table(rows: readonly (readonly string[])[]): string[] {
   // The first column is a label, the rest are numbers.
   return rows.map((row) =>
     row
-      .map((cell, column) => (column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0)))
+      .map((cell, column) =>
+        column === 0 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0),
+      )
       .join('  ')
       .trimEnd(),
   );
 }
 
-function describeTrial(r: TrialResult): string[] {
+function describeTrial(r: Trial): string[] {
   const { spec } = r;
   const flags = [
     r.double ? 'DOUBLE EXECUTION' : null,
@@ -744,12 +855,12 @@ function describeTrial(r: TrialResult): string[] {
     ...r.wrong.map((w) => `wrong: ${w}`),
   ].filter((f): f is string => f !== null);
   const lines = [
-    `FAILED trial ${spec.index} (${spec.point}, ${spec.style}, delay ${spec.delayMs} ms, ${spec.timing}) ` +
+    `FAILED trial ${spec.index} at ${r.startedAt} (${spec.point}, ${spec.style}, delay ${spec.delayMs} ms, ${spec.timing}) ` +
       `${r.id ?? '(no id)'}: ${flags.join('; ')}`,
     ...r.notes.map((n) => `    ${n}`),
-    `    workspace ${r.workspace}`,
+    `    workspace ${r.workspaceDir}`,
   ];
-  for (const { role, lines: stderr } of r.stderr) {
+  for (const { role, lines: stderr } of r.stderr()) {
     lines.push(`    --- ${role} stderr (last ${stderr.length} lines) ---`);
     for (const line of stderr) lines.push(`    | ${line}`);
   }
@@ -762,6 +873,7 @@ async function main(): Promise<number> {
   const specs = planTrials(options.seed, options.trials).filter(
     (spec) => options.only === null || options.only.has(spec.index),
   );
+  const codeBefore = await codeSnapshot();
   const soak = await Soak.open(options);
   const onSignal = () => {
     say('\ninterrupted: killing the servers and cleaning up');
@@ -770,9 +882,14 @@ async function main(): Promise<number> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  const reproduce = [
+    `--seed ${options.seed}`,
+    ...(options.trials !== MIN_TRIALS ? [`--trials ${options.trials}`] : []),
+    ...(options.quick ? ['--quick'] : []),
+  ];
   say('approval-gate crash soak: randomized crash/restart trials against Postgres');
   say(
-    `seed ${options.seed} (reproduce: npm run soak -- --seed ${options.seed}${options.trials !== MIN_TRIALS ? ` --trials ${options.trials}` : ''}); ` +
+    `seed ${options.seed} (reproduce: npm run soak -- ${reproduce.join(' ')}); ` +
       `${specs.length} trials, ${options.concurrency} workers; node ${process.version}`,
   );
   say(
@@ -782,7 +899,7 @@ async function main(): Promise<number> {
   say();
 
   const budgetEnds = started + options.maxMinutes * 60_000;
-  const results: TrialResult[] = [];
+  const results: Trial[] = [];
   let next = 0;
   let outOfTime = false;
   const progressEvery = Math.max(1, Math.round(specs.length / 8));
@@ -797,28 +914,39 @@ async function main(): Promise<number> {
       const spec = specs[next];
       if (spec === undefined) break;
       next += 1;
-      const result = await soak.runTrial(spec, workspace);
+      const trial = await soak.runTrial(spec, workspace);
       if (soak.interrupted) break;
-      results.push(result);
-      if (failed(result)) {
-        for (const line of describeTrial(result)) say(line);
-        soak.retire(workspace, true);
+      results.push(trial);
+      if (options.verbose && !trial.failed) {
+        say(
+          `trial ${spec.index} (${spec.point}, ${spec.style}, ${spec.delayMs} ms, ${spec.timing}) ${trial.id ?? ''}`,
+        );
+        for (const note of trial.notes) say(`    ${note}`);
+      }
+      if (trial.failed) {
+        for (const line of describeTrial(trial)) say(line);
+        await retire(workspace);
         workspace = await soak.newWorkspace(w);
       }
       if (results.length % progressEvery === 0 || results.length === specs.length) {
-        const bad = results.filter(failed).length;
+        const bad = results.filter((r) => r.failed).length;
         say(
           `  ${results.length}/${specs.length} trials, ${bad} failed, ${((Date.now() - started) / 1000).toFixed(0)} s`,
         );
       }
     }
-    soak.retire(workspace, false);
+    await retire(workspace);
   };
-  let problems: string[] = [];
+  const retire = async (workspace: Workspace) => {
+    for (const trial of await soak.retire(workspace)) {
+      say(`(found by the verification restart of ${workspace.dir})`);
+      for (const line of describeTrial(trial)) say(line);
+    }
+  };
   try {
     await Promise.all(Array.from({ length: options.concurrency }, (_, i) => worker(i + 1)));
   } finally {
-    problems = await soak.close();
+    await soak.close();
   }
   if (soak.interrupted) return 130;
 
@@ -861,7 +989,7 @@ async function main(): Promise<number> {
   ]))
     say(line);
 
-  const count = (predicate: (r: TrialResult) => boolean) => results.filter(predicate).length;
+  const count = (predicate: (r: Trial) => boolean) => results.filter(predicate).length;
   say();
   say(
     `mix: save in-place ${count((r) => r.spec.style === 'in-place')}, rename ${count((r) => r.spec.style === 'rename')}; ` +
@@ -873,10 +1001,18 @@ async function main(): Promise<number> {
       `wrong outcomes: ${total.wrong}   hung trials: ${total.hung}`,
   );
   const notRun = specs.length - results.length;
-  if (outOfTime || notRun > 0) say(`NOT RUN: ${notRun} trials (time budget of ${options.maxMinutes} min exhausted)`);
-  for (const problem of problems) say(`note: ${problem}`);
+  if (outOfTime || notRun > 0)
+    say(`NOT RUN: ${notRun} trials (time budget of ${options.maxMinutes} min exhausted)`);
+  for (const problem of soak.problems) say(`PROBLEM: ${problem}`);
+  const changed = codeChanges(codeBefore, await codeSnapshot());
+  if (changed.length > 0) {
+    say(
+      `note: ${changed.length} file(s) under src/ or migrations/ changed during the run (UTC times), so not ` +
+        `every trial ran the same code: ${changed.join(', ')}`,
+    );
+  }
   say(`wall time ${((Date.now() - started) / 1000).toFixed(1)} s; seed ${options.seed}`);
-  const pass = results.every((r) => !failed(r)) && notRun === 0;
+  const pass = results.every((r) => !r.failed) && notRun === 0 && soak.problems.length === 0;
   say(pass ? 'PASS' : 'FAIL');
   return pass ? 0 : 1;
 }
@@ -891,7 +1027,9 @@ main().then(
       process.exitCode = 2;
       return;
     }
-    process.stderr.write(`soak: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.stderr.write(
+      `soak: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
     process.exitCode = 1;
   },
 );

@@ -7,6 +7,7 @@ import { Pipeline } from '../src/pipeline.js';
 import { readFile, stat } from 'node:fs/promises';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
+import { waitForFileText } from './helpers/files.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
 import { createWorkspace, type Workspace } from './helpers/workspace.js';
 
@@ -255,7 +256,7 @@ describe('backup_before on the real server', () => {
       const dump = await stat(final.result?.backup?.location ?? '');
       expect(dump.size).toBeGreaterThan(0);
       expect(dump.mode & 0o777).toBe(0o600);
-      expect(await readFile(pipeline.filePath(request.id), 'utf8')).toContain('Backup (pg_dump)');
+      await waitForFileText(pipeline.filePath(request.id), (text) => text.includes('Backup (pg_dump)'));
     } finally {
       await knex.schema.dropTableIfExists(table);
     }

@@ -30,6 +30,7 @@ describe('evaluating a decision', () => {
     ).toEqual({
       kind: 'approved',
       decidedBy: 'Dana Reyes',
+      secondApprover: null,
       claimedDecidedAt: '2026-02-13T09:05:00',
       comment: null,
     });
