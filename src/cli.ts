@@ -15,11 +15,35 @@ const program = new Command()
 
 program
   .command('serve')
-  .description('Serve MCP over stdio (for Claude Desktop and other local clients).')
+  .description(
+    'Serve MCP over stdio (Claude Desktop and other local clients), or Streamable HTTP with --http.',
+  )
   .option('-c, --config <path>', 'config file (YAML or JSON)', DEFAULT_CONFIG)
-  .action(async (options: { config: string }) => {
-    const { serveStdio } = await import('./server/stdio.js');
-    await serveStdio(loadConfig(options.config), createLogger());
+  .option(
+    '--http',
+    'serve Streamable HTTP instead of stdio (bearer token from the env variable http.token_env)',
+  )
+  .option('--host <host>', 'with --http: interface to bind (default from config: 127.0.0.1)')
+  .option('--port <port>', 'with --http: port (default from config: 8808)', (value) =>
+    Number.parseInt(value, 10),
+  )
+  .action(async (options: { config: string; http?: boolean; host?: string; port?: number }) => {
+    const config = loadConfig(options.config);
+    const log = createLogger();
+    if (!options.http) {
+      const { serveStdio } = await import('./server/stdio.js');
+      await serveStdio(config, log);
+      return;
+    }
+    const { serveHttp } = await import('./server/http.js');
+    const handle = await serveHttp(config, log, {
+      ...(options.host !== undefined ? { host: options.host } : {}),
+      ...(options.port !== undefined ? { port: options.port } : {}),
+    });
+    process.stderr.write(`approval-gate: MCP over Streamable HTTP at ${handle.url}\n`);
+    const stop = () => void handle.close().then(() => process.exit(0));
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
   });
 
 program

@@ -145,6 +145,31 @@ export const ConfigSchema = z
       .strict()
       .default({ recheck_interval_ms: 5000, watch_files: true })
       .describe('Safety-net re-read of pending files; file-system events are the fast path.'),
+    http: z
+      .object({
+        host: z
+          .string()
+          .min(1)
+          .default('127.0.0.1')
+          .describe('Interface to bind; keep 127.0.0.1 unless behind a proxy.'),
+        port: z.number().int().min(0).max(65_535).default(8808),
+        token_env: z
+          .string()
+          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+          .default('APPROVAL_GATE_TOKEN')
+          .describe(
+            'Environment variable holding the bearer token clients must send; the server refuses to start without it.',
+          ),
+        allowed_origins: z
+          .array(z.string().url())
+          .default([])
+          .describe(
+            'Browser origins allowed to call the server; requests with any other Origin are refused (DNS rebinding).',
+          ),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 8808, token_env: 'APPROVAL_GATE_TOKEN', allowed_origins: [] })
+      .describe('Streamable HTTP transport (approval-gate serve --http).'),
     executor: z
       .object({
         lock_timeout_ms: z
