@@ -91,6 +91,22 @@ export const MigrationRequestInput = z.object({
 });
 export type MigrationRequestInput = z.input<typeof MigrationRequestInput>;
 
+export interface ApprovalSummary {
+  readonly approval_id: string;
+  readonly status: 'PENDING' | Decision['status'];
+  readonly execution: string;
+  readonly title: string;
+  readonly environment: string;
+  readonly database: string;
+  readonly priority: string;
+  readonly requested_by: string;
+  readonly created_at: string;
+  readonly expires_at: string;
+  readonly decided_by: string | null;
+  readonly problem: string | null;
+  readonly file: string;
+}
+
 export type ExecutionState = 'not_started' | 'running' | 'unknown' | ExecutionResult['state'];
 
 export interface ApprovalStatus {
@@ -466,6 +482,67 @@ export class Pipeline {
     return { request: rollback, findings };
   }
 
+  /** A line per request, from the state directory and the files only (no database round trip). */
+  async list(filter: { status?: ApprovalSummary['status'] } = {}): Promise<ApprovalSummary[]> {
+    const summaries: ApprovalSummary[] = [];
+    for (const id of await this.#store.listRequestIds()) {
+      const request = await this.#store.readRequest(id);
+      if (!request) continue;
+      const decision = await this.#store.readDecision(id);
+      const file = await this.#store.readApprovalFile(id);
+      const data = file.kind === 'ok' ? file.parsed.data : {};
+      const summary: ApprovalSummary = {
+        approval_id: id,
+        status: decision?.status ?? 'PENDING',
+        execution: typeof data.execution === 'string' ? data.execution : 'not_started',
+        title: request.title,
+        environment: request.command.environment,
+        database: request.command.database,
+        priority: request.priority,
+        requested_by: request.requested_by,
+        created_at: request.created_at,
+        expires_at: request.expires_at,
+        decided_by: decision?.decided_by ?? null,
+        problem: typeof data.gate_error === 'string' ? data.gate_error : null,
+        file: this.#store.filePath(id),
+      };
+      if (filter.status === undefined || filter.status === summary.status) summaries.push(summary);
+    }
+    return summaries;
+  }
+
+  /** The requester withdraws a pending request; nothing of it ever runs. */
+  async cancel(id: string, who: { readonly by: string; readonly reason: string }): Promise<ApprovalStatus> {
+    const request = await this.#store.readRequest(id);
+    if (!request)
+      throw new GateError('APPROVAL_NOT_FOUND', `No approval request ${id} was issued by this server.`);
+    const decision: Decision = {
+      status: 'CANCELLED',
+      decided_by: who.by,
+      decided_at: formatTimestamp(this.#clock(), this.config.timezone),
+      claimed_decided_at: null,
+      second_approver: null,
+      reason: `Withdrawn by ${who.by}: ${who.reason}`,
+    };
+    const standing = await this.#store.recordDecision(id, decision);
+    if (standing !== decision) {
+      throw new GateError(
+        'ALREADY_DECIDED',
+        `${id} was already decided (${standing.status}); it cannot be cancelled.`,
+      );
+    }
+    await this.#audit.append({
+      approval_id: id,
+      event: 'cancelled',
+      actor: who.by,
+      request_hash: request.request_hash,
+      detail: who.reason,
+    });
+    this.#log.info({ approval_id: id, by: who.by }, 'request withdrawn');
+    await this.#onDecision(request, decision);
+    return this.status(id);
+  }
+
   filePath(id: string): string {
     return this.#store.filePath(id);
   }
@@ -674,8 +751,8 @@ export class Pipeline {
           { ...notRun, status: 'CANCELLED' },
           renderOutcomeSection({
             decision,
-            summary: 'Cancelled: the file went away while pending; nothing was executed.',
-            details: [],
+            summary: 'Cancelled; nothing was executed.',
+            details: [decision.reason ?? ''],
           }),
         );
         break;

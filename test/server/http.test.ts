@@ -101,8 +101,10 @@ describe('sessions over HTTP', () => {
     const { tools } = await client.listTools();
     expect(tools.map((t) => t.name).sort()).toEqual([
       'await_approval',
+      'cancel_approval',
       'execute_migration',
       'get_approval_status',
+      'list_approvals',
       'request_rollback',
     ]);
     await client.close();

@@ -1,6 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile, saveAs, type SaveStyle } from '../../src/approvals/human-edit.js';
 import { parseApprovalText, updateFrontMatter } from '../../src/approvals/frontmatter.js';
@@ -352,6 +353,34 @@ describe('decisions that take longer than the wait bound', () => {
     expect(server.stderr()).toContain('COMMAND_TAMPERED');
     expect(await columnsOf(knex, table)).toEqual(expect.arrayContaining(['name']));
     expect(await columnsOf(knex, table)).not.toContain('harmless');
+  });
+
+  it('lists pending requests, and lets the agent withdraw one so it can never run', async () => {
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN withdrawn int`),
+    );
+    const id = first.outcome.approval_id ?? '';
+    const listed = (await server.client.callTool({
+      name: 'list_approvals',
+      arguments: { status: 'PENDING' },
+    })) as CallToolResult;
+    const approvals = (listed.structuredContent as { approvals: { approval_id: string; status: string }[] })
+      .approvals;
+    expect(approvals.map((a) => a.approval_id)).toContain(id);
+    expect(approvals.every((a) => a.status === 'PENDING')).toBe(true);
+
+    const cancelled = await server.call('cancel_approval', { id, reason: 'Resubmitting with CONCURRENTLY' });
+    expect(cancelled.outcome).toMatchObject({ status: 'CANCELLED', final: true });
+    const text = await waitForFileText(first.outcome.file ?? '', (t) => t.includes('## Outcome'));
+    expect(parseApprovalText(text).data.status).toBe('CANCELLED');
+    await decideInFile(first.outcome.file ?? '', { status: 'APPROVED', decidedBy: 'Dana' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await server.call('get_approval_status', { id })).outcome.status).toBe('CANCELLED');
+    expect((await server.call('cancel_approval', { id, reason: 'twice' })).outcome.error?.code).toBe(
+      'ALREADY_DECIDED',
+    );
+    expect(await columnsOf(knex, table)).not.toContain('withdrawn');
   });
 
   it('a typo in the status is refused and reported, and executes nothing', async () => {
