@@ -1,5 +1,16 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
+import type { SaveStyle } from './approvals/human-edit.js';
+import {
+  decideCommand,
+  listCommand,
+  openClientPipeline,
+  rollbackCommand,
+  showCommand,
+  watchCommand,
+  type Output,
+} from './commands.js';
+import type { Pipeline } from './pipeline.js';
 import { loadConfig } from './config.js';
 import { isGateError } from './errors.js';
 import { createLogger } from './log.js';
@@ -65,6 +76,152 @@ program
     const { runDemo } = await import('./demo.js');
     process.exitCode = await runDemo(options);
   });
+
+interface ClientOptions {
+  config: string;
+  json?: boolean;
+}
+
+/** Runs an approvers' command on a client pipeline (never decides or executes) and sets the exit code. */
+async function withClient(
+  options: ClientOptions,
+  run: (pipeline: Pipeline, output: Output) => Promise<number>,
+): Promise<void> {
+  const config = loadConfig(options.config);
+  const pipeline = await openClientPipeline(
+    config,
+    createLogger(process.env.APPROVAL_GATE_LOG_LEVEL ?? 'warn'),
+  );
+  const output: Output = {
+    json: options.json === true,
+    color: process.stdout.isTTY === true && options.json !== true && !process.env.NO_COLOR,
+    write: (text) => process.stdout.write(`${text}\n`),
+  };
+  try {
+    process.exitCode = await run(pipeline, output);
+  } finally {
+    await pipeline.close();
+  }
+}
+
+const STATUSES = ['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED'] as const;
+
+const approvals = program
+  .command('approvals')
+  .description(
+    'For approvers: list, show, approve, reject and watch requests. Exit codes: 0 ok, 1 error, 2 invalid input, ' +
+      '3 the gate refused the decision, 4 no running server acted on it.',
+  );
+
+function clientCommand(name: string, description: string): Command {
+  return approvals
+    .command(name)
+    .description(description)
+    .option('-c, --config <path>', 'config file (YAML or JSON)', DEFAULT_CONFIG)
+    .option('--json', 'machine-readable output');
+}
+
+clientCommand('list', 'List requests: id, status, priority, target, age, time left.')
+  .addOption(new Option('--status <status>', 'only this status').choices([...STATUSES]))
+  .action((options: ClientOptions & { status?: (typeof STATUSES)[number] }) =>
+    withClient(options, (pipeline, output) => listCommand(pipeline, options.status, output)),
+  );
+
+clientCommand(
+  'show',
+  'Show a request: the SQL that runs, the computed findings, the result, and a diff if the file was tampered with.',
+)
+  .argument('<id>', 'approval id, e.g. APR-20260213-003')
+  .action((id: string, options: ClientOptions) =>
+    withClient(options, (pipeline, output) => showCommand(pipeline, id, output)),
+  );
+
+const decideOptions = (command: Command) =>
+  command
+    .requiredOption('--as <name>', 'your name, as decided_by')
+    .option(
+      '--wait <seconds>',
+      'wait this long for the running server to accept or refuse the decision (0: do not wait)',
+      (v) => Number(v),
+      10,
+    )
+    .addOption(
+      new Option('--save-style <style>', 'how to save the file')
+        .choices(['rename', 'in-place'])
+        .default('rename'),
+    );
+
+decideOptions(clientCommand('approve', 'Approve a request: makes exactly the file edit a human would make.'))
+  .argument('<id>', 'approval id')
+  .option('--comment <text>', 'a comment for the record')
+  .option('--second <name>', 'second approver, when the policy requires two')
+  .action(
+    (
+      id: string,
+      options: ClientOptions & {
+        as: string;
+        comment?: string;
+        second?: string;
+        wait: number;
+        saveStyle: SaveStyle;
+      },
+    ) =>
+      withClient(options, (pipeline, output) =>
+        decideCommand(
+          pipeline,
+          id,
+          {
+            status: 'APPROVED',
+            as: options.as,
+            ...(options.comment !== undefined ? { comment: options.comment } : {}),
+            ...(options.second !== undefined ? { second: options.second } : {}),
+          },
+          { waitSeconds: options.wait, style: options.saveStyle },
+          output,
+        ),
+      ),
+  );
+
+decideOptions(clientCommand('reject', 'Reject a request, with the reason the agent will be told.'))
+  .argument('<id>', 'approval id')
+  .requiredOption('--reason <text>', 'why (required)')
+  .action(
+    (
+      id: string,
+      options: ClientOptions & { as: string; reason: string; wait: number; saveStyle: SaveStyle },
+    ) =>
+      withClient(options, (pipeline, output) =>
+        decideCommand(
+          pipeline,
+          id,
+          { status: 'REJECTED', as: options.as, reason: options.reason },
+          { waitSeconds: options.wait, style: options.saveStyle },
+          output,
+        ),
+      ),
+  );
+
+clientCommand(
+  'rollback',
+  'Request the rollback of an executed request (a new request; someone else approves it).',
+)
+  .argument('<id>', 'the executed approval id')
+  .requiredOption('--as <name>', 'your name, as requested_by')
+  .requiredOption('--reason <text>', 'why it must be undone')
+  .action((id: string, options: ClientOptions & { as: string; reason: string }) =>
+    withClient(options, (pipeline, output) =>
+      rollbackCommand(pipeline, id, { as: options.as, reason: options.reason }, output),
+    ),
+  );
+
+clientCommand('watch', 'Live view of requests and their countdowns (Ctrl-C to stop).').action(
+  (options: ClientOptions) =>
+    withClient(options, (pipeline, output) => {
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      return watchCommand(pipeline, output, stop.signal);
+    }),
+);
 
 program.parseAsync().catch((error: unknown) => {
   // One place prints errors, once, to stderr; stdout may be the MCP channel.

@@ -11,6 +11,8 @@ export interface HumanDecision {
   readonly decidedBy: string;
   readonly decidedAt?: string;
   readonly reason?: string;
+  readonly comments?: string;
+  readonly secondApprover?: string;
 }
 
 /** Saves `text` to `file` the way an editor with `style` would. */
@@ -40,6 +42,8 @@ export async function decideInFile(
     decided_by: decision.decidedBy,
     ...(decision.decidedAt !== undefined ? { decided_at: decision.decidedAt } : {}),
     ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
+    ...(decision.comments !== undefined ? { comments: decision.comments } : {}),
+    ...(decision.secondApprover !== undefined ? { second_approver: decision.secondApprover } : {}),
   });
   await saveAs(file, edited, style);
 }

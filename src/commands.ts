@@ -1,0 +1,285 @@
+import { styleText } from 'node:util';
+import { decideInFile, type SaveStyle } from './approvals/human-edit.js';
+import { fencedBlockUnder, findTampering } from './approvals/tamper.js';
+import { renderExecutionCommand } from './approvals/render.js';
+import type { Config } from './config.js';
+import { GateError } from './errors.js';
+import type { Logger } from './log.js';
+import { Pipeline, type ApprovalSummary } from './pipeline.js';
+import { SERVER_NAME } from './server/index.js';
+import { parseApprovalText } from './approvals/frontmatter.js';
+import { readFile } from 'node:fs/promises';
+
+/**
+ * The approvers' commands. Each is a thin shell over the pipeline (in 'client' role: it never decides
+ * or executes) or over the exact file edit a human makes, so the CLI and a hand edit go through one
+ * gate. Results are written to stdout (this is not the MCP process); --json gives scripts the data.
+ */
+
+/** Exit codes, stable for scripts. */
+export const EXIT = { ok: 0, failed: 1, invalid: 2, refusedByGate: 3, noServer: 4 } as const;
+
+export interface Output {
+  readonly json: boolean;
+  readonly write: (text: string) => void;
+  readonly color: boolean;
+}
+
+function paint(output: Output, style: Parameters<typeof styleText>[0], text: string): string {
+  return output.color ? styleText(style, text) : text;
+}
+
+function duration(ms: number): string {
+  const abs = Math.abs(ms);
+  const minutes = Math.floor(abs / 60_000);
+  if (minutes < 60) return `${minutes}m${String(Math.floor((abs % 60_000) / 1000)).padStart(2, '0')}s`;
+  const hours = Math.floor(minutes / 60);
+  return hours < 48 ? `${hours}h${String(minutes % 60).padStart(2, '0')}m` : `${Math.floor(hours / 24)}d`;
+}
+
+const STATUS_STYLE = {
+  PENDING: 'yellow',
+  APPROVED: 'green',
+  REJECTED: 'red',
+  EXPIRED: 'gray',
+  VOID: 'magenta',
+  CANCELLED: 'gray',
+} as const;
+
+export function formatList(approvals: readonly ApprovalSummary[], output: Output, now = Date.now()): string {
+  if (approvals.length === 0) return 'No approval requests.';
+  const rows = approvals.map((a) => [
+    a.approval_id,
+    a.status,
+    a.priority,
+    `${a.environment}/${a.database}`,
+    duration(now - Date.parse(a.created_at)),
+    a.status === 'PENDING' ? duration(Date.parse(a.expires_at) - now) : a.execution,
+    a.title + (a.problem ? `  ⚠ ${a.problem.split(':')[0]}` : ''),
+  ]);
+  const header = ['ID', 'STATUS', 'PRIORITY', 'TARGET', 'AGE', 'LEFT/RESULT', 'TITLE'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[], styled = false) =>
+    cells
+      .map((cell, i) => {
+        const padded = i === cells.length - 1 ? cell : cell.padEnd(widths[i] ?? 0);
+        return styled && i === 1
+          ? paint(output, STATUS_STYLE[cell as keyof typeof STATUS_STYLE] ?? 'white', padded)
+          : padded;
+      })
+      .join('  ');
+  return [paint(output, 'bold', line(header)), ...rows.map((r) => line(r, true))].join('\n');
+}
+
+export async function listCommand(
+  pipeline: Pipeline,
+  status: ApprovalSummary['status'] | undefined,
+  output: Output,
+): Promise<number> {
+  const approvals = await pipeline.list(status === undefined ? {} : { status });
+  output.write(output.json ? JSON.stringify({ approvals }, null, 2) : formatList(approvals, output));
+  return EXIT.ok;
+}
+
+/** Lines of `before` and `after` marked -, + or space: a small LCS diff for a few dozen lines. */
+export function lineDiff(before: string, after: string): string {
+  const a = before.split('\n');
+  const b = after.split('\n');
+  const width = b.length + 1;
+  // lcs[i * width + j]: length of the longest common subsequence of a[i..] and b[j..].
+  const lcs = new Array<number>((a.length + 1) * width).fill(0);
+  const at = (i: number, j: number) => lcs[i * width + j] ?? 0;
+  for (let i = a.length - 1; i >= 0; i -= 1) {
+    for (let j = b.length - 1; j >= 0; j -= 1) {
+      lcs[i * width + j] = a[i] === b[j] ? at(i + 1, j + 1) + 1 : Math.max(at(i + 1, j), at(i, j + 1));
+    }
+  }
+  const out: string[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (i < a.length && j < b.length && a[i] === b[j]) {
+      out.push(`  ${a[i]}`);
+      i += 1;
+      j += 1;
+    } else if (j < b.length && (i >= a.length || at(i, j + 1) >= at(i + 1, j))) {
+      out.push(`+ ${b[j]}`);
+      j += 1;
+    } else {
+      out.push(`- ${a[i]}`);
+      i += 1;
+    }
+  }
+  return out.join('\n');
+}
+
+export async function showCommand(pipeline: Pipeline, id: string, output: Output): Promise<number> {
+  const status = await pipeline.status(id);
+  const text = await readFile(status.file, 'utf8').catch(() => null);
+  const parsed =
+    text === null
+      ? null
+      : (() => {
+          try {
+            return parseApprovalText(text);
+          } catch {
+            return null;
+          }
+        })();
+  const tampering = parsed ? findTampering(parsed.data, parsed.body, status.request) : null;
+  const shownBlock = parsed ? fencedBlockUnder(parsed.body, '### Execution Command') : null;
+  const recordBlock = renderExecutionCommand(status.request, SERVER_NAME).replace(/\n$/, '');
+  const diff = tampering && shownBlock !== null ? lineDiff(recordBlock, shownBlock) : null;
+  if (output.json) {
+    output.write(JSON.stringify({ ...status, tampering, diff }, null, 2));
+    return EXIT.ok;
+  }
+  const { request, decision } = status;
+  const lines = [
+    paint(output, 'bold', `${request.id}  ${request.title}`),
+    `Status:      ${decision?.status ?? 'PENDING'}${decision?.decided_by ? ` by ${decision.decided_by}` : ''}   execution: ${status.execution}`,
+    `Target:      ${request.command.environment}/${request.command.database}   priority ${request.priority}   requested by ${request.requested_by}`,
+    `Created:     ${request.created_at}   expires ${request.expires_at}`,
+    `File:        ${status.file}`,
+    ...(status.problem
+      ? [paint(output, 'yellow', `Not accepted: ${status.problem.code}: ${status.problem.message}`)]
+      : []),
+    '',
+    paint(output, 'bold', "SQL (the server's record; this is what runs):"),
+    request.command.sql.replace(/\n$/, ''),
+    '',
+    paint(output, 'bold', 'Findings:'),
+    ...(status.findings.length === 0
+      ? ['  none']
+      : status.findings.map(
+          (f) =>
+            `  [${f.severity}] statement ${f.statement ?? '-'}: ${f.message}${f.safer ? `\n      safer: ${f.safer}` : ''}`,
+        )),
+    ...(status.result
+      ? [
+          '',
+          paint(output, 'bold', 'Result:'),
+          `  ${status.result.state} in ${status.result.duration_ms} ms${status.result.error ? `: ${status.result.error.message}` : ''}`,
+        ]
+      : []),
+    ...(tampering
+      ? [
+          '',
+          paint(output, 'red', `TAMPERED: ${tampering.code}: ${tampering.message}`),
+          ...(diff ? ['Execution Command, server record (-) vs file (+):', diff] : []),
+        ]
+      : []),
+  ];
+  output.write(lines.join('\n'));
+  return EXIT.ok;
+}
+
+/**
+ * approve / reject: the same file edit a human makes, then (optionally) wait for the running
+ * server's gate to accept or refuse it. The CLI never decides anything itself.
+ */
+export async function decideCommand(
+  pipeline: Pipeline,
+  id: string,
+  decision: {
+    status: 'APPROVED' | 'REJECTED';
+    as: string;
+    reason?: string;
+    comment?: string;
+    second?: string;
+  },
+  options: { waitSeconds: number; style: SaveStyle },
+  output: Output,
+): Promise<number> {
+  const before = await pipeline.status(id);
+  if (before.decision) {
+    throw new GateError('ALREADY_DECIDED', `${id} was already decided: ${before.decision.status}.`);
+  }
+  await decideInFile(
+    before.file,
+    {
+      status: decision.status,
+      decidedBy: decision.as,
+      ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
+      ...(decision.comment !== undefined ? { comments: decision.comment } : {}),
+      ...(decision.second !== undefined ? { secondApprover: decision.second } : {}),
+    },
+    options.style,
+  );
+  const deadline = Date.now() + options.waitSeconds * 1000;
+  for (;;) {
+    const status = await pipeline.status(id);
+    const text = await readFile(status.file, 'utf8').catch(() => '');
+    const gateError = /^gate_error: "(.*)"$/m.exec(text)?.[1] ?? null;
+    if (status.decision) {
+      const report = {
+        id,
+        decision: status.decision.status,
+        execution: status.execution,
+        result: status.result,
+      };
+      output.write(
+        output.json
+          ? JSON.stringify(report, null, 2)
+          : `${id}: ${status.decision.status} recorded (execution: ${status.execution}).`,
+      );
+      return status.decision.status === decision.status ? EXIT.ok : EXIT.refusedByGate;
+    }
+    if (gateError) {
+      output.write(
+        output.json
+          ? JSON.stringify({ id, refused: gateError }, null, 2)
+          : `${id}: the gate did not accept the edit: ${gateError}`,
+      );
+      return EXIT.refusedByGate;
+    }
+    if (Date.now() >= deadline) {
+      output.write(
+        options.waitSeconds === 0
+          ? `${id}: decision written to ${status.file}.`
+          : `${id}: decision written to ${status.file}, but no running server has acted on it yet (is approval-gate serve running?).`,
+      );
+      return options.waitSeconds === 0 ? EXIT.ok : EXIT.noServer;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export async function rollbackCommand(
+  pipeline: Pipeline,
+  id: string,
+  who: { as: string; reason: string },
+  output: Output,
+): Promise<number> {
+  const { request } = await pipeline.requestRollback(id, { requestedBy: who.as, reason: who.reason });
+  const file = pipeline.filePath(request.id);
+  output.write(
+    output.json
+      ? JSON.stringify({ id: request.id, rollback_of: id, file }, null, 2)
+      : `${request.id} requests the rollback of ${id}; another person must approve it in ${file}.`,
+  );
+  return EXIT.ok;
+}
+
+/** A live view of the requests with countdowns, redrawn every second until interrupted. */
+export async function watchCommand(pipeline: Pipeline, output: Output, signal: AbortSignal): Promise<number> {
+  let previous = '';
+  while (!signal.aborted) {
+    const approvals = await pipeline.list();
+    const view = formatList(approvals, output);
+    if (output.color) {
+      output.write(
+        `\u001b[2J\u001b[H${paint(output, 'bold', `approval-gate watch — ${new Date().toLocaleTimeString()}`)}\n${view}`,
+      );
+    } else if (view !== previous) {
+      output.write(view);
+    }
+    previous = view;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return EXIT.ok;
+}
+
+export async function openClientPipeline(config: Config, log: Logger): Promise<Pipeline> {
+  return Pipeline.open(config, { log, role: 'client', serverName: SERVER_NAME });
+}

@@ -1,0 +1,132 @@
+import { spawn } from 'node:child_process';
+import type { Knex } from 'knex';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PROJECT_ROOT } from '../src/server/launch.js';
+import { startStdioServer, type StdioSession } from './helpers/mcp.js';
+import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import { createWorkspace, type Workspace } from './helpers/workspace.js';
+
+/* The approvers' CLI against a live server: the gate treats its edits exactly like hand edits. */
+
+let knex: Knex;
+let workspace: Workspace;
+let server: StdioSession;
+const table = uniqueName('cli');
+const ledgerSchema = uniqueName('gate_cli');
+const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+
+function cli(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli.ts', ...args, '--config', workspace.configPath],
+      {
+        cwd: PROJECT_ROOT,
+        env: { ...process.env, ...env, NO_COLOR: '1' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function pending(column: string): Promise<string> {
+  const { outcome } = await server.call('execute_migration', {
+    environment: 'production',
+    database: 'main_db',
+    sql: `ALTER TABLE ${table} ADD COLUMN ${column} int`,
+    title: `Add ${column}`,
+    reason: 'Decided through the CLI.',
+  });
+  expect(outcome.status).toBe('PENDING');
+  return outcome.approval_id ?? '';
+}
+
+beforeAll(async () => {
+  knex = await connectTestDatabase();
+  await knex.schema.createTable(table, (t) => t.increments('id'));
+  workspace = await createWorkspace({
+    ledger_schema: ledgerSchema,
+    wait: { max_wait_seconds: 0.2, progress_interval_seconds: 0.1 },
+  });
+  server = await startStdioServer(workspace.configPath, env);
+});
+
+afterAll(async () => {
+  await server?.close();
+  await knex.schema.dropTableIfExists(table);
+  await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
+  await knex.destroy();
+});
+
+describe('approvals CLI', () => {
+  it('approve: the gate executes exactly as for a hand edit, and list/show report it', async () => {
+    const id = await pending('via_cli');
+    const listed = await cli('approvals', 'list', '--status', 'PENDING', '--json');
+    expect(listed.code).toBe(0);
+    expect(
+      (JSON.parse(listed.stdout) as { approvals: { approval_id: string }[] }).approvals.map(
+        (a) => a.approval_id,
+      ),
+    ).toContain(id);
+
+    const approved = await cli(
+      'approvals',
+      'approve',
+      id,
+      '--as',
+      'Dana Reyes',
+      '--comment',
+      'Checked with the DBA',
+    );
+    expect(approved.code).toBe(0);
+    expect(approved.stdout).toContain('APPROVED recorded');
+    expect(await columnsOf(knex, table)).toContain('via_cli');
+
+    const shown = await cli('approvals', 'show', id, '--json');
+    expect(JSON.parse(shown.stdout)).toMatchObject({
+      execution: 'succeeded',
+      decision: { decided_by: 'Dana Reyes', reason: 'Checked with the DBA' },
+    });
+    const table_ = await cli('approvals', 'list');
+    expect(table_.stdout).toMatch(new RegExp(`${id}\\s+APPROVED`));
+  });
+
+  it('reject: nothing runs and the reason is recorded', async () => {
+    const id = await pending('rejected_by_cli');
+    const rejected = await cli(
+      'approvals',
+      'reject',
+      id,
+      '--as',
+      'Dana Reyes',
+      '--reason',
+      'Not in the freeze',
+    );
+    expect(rejected.code).toBe(0);
+    const awaited = await server.call('await_approval', { id });
+    expect(awaited.outcome).toMatchObject({ status: 'REJECTED', reason: 'Not in the freeze' });
+    expect(await columnsOf(knex, table)).not.toContain('rejected_by_cli');
+  });
+
+  it('a decision the gate refuses (self-approval) exits 3 and executes nothing', async () => {
+    const id = await pending('self_approved');
+    const refused = await cli('approvals', 'approve', id, '--as', 'agent');
+    expect(refused.code).toBe(3);
+    expect(refused.stdout).toContain('SELF_APPROVAL');
+    expect(await columnsOf(knex, table)).not.toContain('self_approved');
+  });
+
+  it('refuses bad input with a clear error: a missing reason, an unknown id', async () => {
+    const noReason = await cli('approvals', 'reject', 'APR-20260101-001', '--as', 'Dana');
+    expect(noReason.code).not.toBe(0);
+    expect(noReason.stderr).toContain("required option '--reason <text>'");
+    const unknown = await cli('approvals', 'show', 'APR-19990101-001');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('APPROVAL_NOT_FOUND');
+  });
+});
