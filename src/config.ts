@@ -145,6 +145,35 @@ export const ConfigSchema = z
       .strict()
       .default({ recheck_interval_ms: 5000, watch_files: true })
       .describe('Safety-net re-read of pending files; file-system events are the fast path.'),
+    notify: z
+      .object({
+        webhook: z
+          .object({
+            url: z
+              .string()
+              .url()
+              .describe(
+                'Receives a POST for every new pending request. Never logged (it may hold a secret).',
+              ),
+            format: z
+              .enum(['json', 'slack'])
+              .default('json')
+              .describe('slack: a {"text": …} payload for Slack incoming webhooks.'),
+            retries: z.number().int().min(0).max(10).default(3),
+            timeout_ms: z.number().int().min(100).max(60_000).default(5000),
+          })
+          .strict()
+          .optional(),
+        terminal_bell: z
+          .boolean()
+          .default(false)
+          .describe('Ring the terminal bell (on stderr) for every new pending request.'),
+      })
+      .strict()
+      .default({ terminal_bell: false })
+      .describe(
+        'Tell humans that a request waits for them. Failures are logged and retried, never block the request.',
+      ),
     http: z
       .object({
         host: z

@@ -14,6 +14,7 @@ import {
 } from './approvals/request.js';
 import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
+import { Notifier } from './approvals/notify.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase, withSession } from './db.js';
 import { describeError, GateError } from './errors.js';
@@ -232,6 +233,7 @@ export class Pipeline {
   /** Catalog facts at request time, kept for the results of this instance's own requests. */
   readonly #impact = new Map<string, readonly RelationFacts[]>();
   readonly #events = new EventEmitter();
+  readonly #notifier: Notifier;
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
     this.config = config;
@@ -243,6 +245,7 @@ export class Pipeline {
     this.#role = options.role ?? 'server';
     this.#events.setMaxListeners(0);
     this.#audit = new AuditLog(config.stateDir, this.#clock);
+    this.#notifier = new Notifier(config.notify, this.#log);
     this.#gate = new Gate({
       store,
       audit: this.#audit,
@@ -273,6 +276,11 @@ export class Pipeline {
       await pipeline.#resume();
     }
     return pipeline;
+  }
+
+  /** Notifications still being delivered (tests and shutdown wait for them). */
+  notificationsSettled(): Promise<void> {
+    return this.#notifier.settled();
   }
 
   async close(): Promise<void> {
@@ -432,6 +440,7 @@ export class Pipeline {
     if (this.#role === 'server') this.#gate.track(request);
     this.#findings.set(request.id, findings);
     this.#impact.set(request.id, impact);
+    this.#notifier.pending({ request, file: this.#store.filePath(request.id), findings });
     return { request, analysis, findings };
   }
 
