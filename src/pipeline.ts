@@ -264,7 +264,11 @@ export class Pipeline {
       watchFiles: config.gate.watch_files,
       onDecision: (request, decision) => this.#onDecision(request, decision),
     });
-    this.#gate.events.on('changed', (id: string) => this.#events.emit(id));
+    this.#gate.events.on('changed', (id: string) => {
+      this.#events.emit(id);
+      this.#events.emit('*', id);
+      this.#events.emit('*', id);
+    });
   }
 
   /** Opens the store, starts the gate and resumes every request left undecided or unexecuted. */
@@ -276,6 +280,25 @@ export class Pipeline {
       await pipeline.#resume();
     }
     return pipeline;
+  }
+
+  /**
+   * Calls `listener` with the id of every request that appears or changes (new request, decision,
+   * execution progress or result). Returns the function that stops it.
+   */
+  onChange(listener: (id: string) => void): () => void {
+    this.#events.on('*', listener);
+    return () => this.#events.off('*', listener);
+  }
+
+  /** The approval file's text, for readers that cannot open files (MCP resources). */
+  async fileText(id: string): Promise<string> {
+    const file = await this.#store.readApprovalFile(id);
+    if (file.kind === 'ok') return file.text;
+    throw new GateError(
+      'APPROVAL_FILE_UNAVAILABLE',
+      `The approval file of ${id} is ${file.kind === 'missing' ? 'missing' : 'unreadable'}.`,
+    );
   }
 
   /** Notifications still being delivered (tests and shutdown wait for them). */
@@ -441,6 +464,7 @@ export class Pipeline {
     this.#findings.set(request.id, findings);
     this.#impact.set(request.id, impact);
     this.#notifier.pending({ request, file: this.#store.filePath(request.id), findings });
+    this.#events.emit('*', request.id);
     return { request, analysis, findings };
   }
 
@@ -767,6 +791,7 @@ export class Pipeline {
         break;
     }
     this.#events.emit(id);
+    this.#events.emit('*', id);
   }
 
   async #execute(request: ApprovalRequest, decision: Decision): Promise<void> {
@@ -774,6 +799,7 @@ export class Pipeline {
     if (this.#executions.has(id)) return;
     this.#executions.set(id, { state: 'running' });
     this.#events.emit(id);
+    this.#events.emit('*', id);
     await this.#writeToFile(id, {
       gate_error: undefined,
       execution: 'running',
@@ -811,6 +837,8 @@ export class Pipeline {
           this.#executions.set(id, { state: 'running', note });
           this.#log.info({ approval_id: id, note }, 'execution progress');
           this.#events.emit(id);
+          this.#events.emit('*', id);
+          this.#events.emit('*', id);
         },
       ));
       if (ranHere) crashPoint('after-commit');

@@ -1,5 +1,6 @@
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { Pipeline } from '../pipeline.js';
+import { registerApprovalResources } from './resources.js';
 import { registerTools } from './tools/index.js';
 
 export const SERVER_NAME = 'approval-gate';
@@ -16,5 +17,8 @@ export function createServer(pipeline: Pipeline): McpServer {
     },
   );
   registerTools(server, pipeline);
+  const stopResources = registerApprovalResources(server, pipeline);
+  // Whichever side closes the session, stop announcing changes to it.
+  server.server.onclose = stopResources;
   return server;
 }

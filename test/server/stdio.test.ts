@@ -1,7 +1,11 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import {
+  ResourceListChangedNotificationSchema,
+  ResourceUpdatedNotificationSchema,
+  type CallToolResult,
+} from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile, saveAs, type SaveStyle } from '../../src/approvals/human-edit.js';
 import { parseApprovalText, updateFrontMatter } from '../../src/approvals/frontmatter.js';
@@ -381,6 +385,34 @@ describe('decisions that take longer than the wait bound', () => {
       'ALREADY_DECIDED',
     );
     expect(await columnsOf(knex, table)).not.toContain('withdrawn');
+  });
+
+  it('offers approvals as resources, announces new ones and updates subscribed ones', async () => {
+    const listChanged: number[] = [];
+    const updated: string[] = [];
+    server.client.setNotificationHandler(ResourceListChangedNotificationSchema, () => {
+      listChanged.push(Date.now());
+    });
+    server.client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+      updated.push(n.params.uri);
+    });
+    const first = await server.call(
+      'execute_migration',
+      migration(`ALTER TABLE ${table} ADD COLUMN as_resource int`),
+    );
+    const uri = `approval://${first.outcome.approval_id ?? ''}`;
+    expect(listChanged.length).toBeGreaterThan(0);
+    const { resources } = await server.client.listResources();
+    expect(resources.map((r) => r.uri)).toContain(uri);
+    const read = await server.client.readResource({ uri });
+    expect(read.contents[0]).toMatchObject({ mimeType: 'text/markdown' });
+    expect(JSON.stringify(read.contents[0])).toContain('# Approval Request: Test migration');
+
+    await server.client.subscribeResource({ uri });
+    await decideInFile(first.outcome.file ?? '', { status: 'APPROVED', decidedBy: 'Dana' });
+    await server.call('await_approval', { id: first.outcome.approval_id });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(updated).toContain(uri);
   });
 
   it('a typo in the status is refused and reported, and executes nothing', async () => {

@@ -1,0 +1,52 @@
+import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { SubscribeRequestSchema, UnsubscribeRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+import type { Pipeline } from '../pipeline.js';
+
+/**
+ * Approvals as MCP resources (`approval://APR-…`, the Markdown file), for clients that show them:
+ * the list changes when a request appears (list_changed), and a subscribed approval is announced
+ * when its decision or result changes (resources/updated). Returns the function that stops it.
+ */
+export function registerApprovalResources(server: McpServer, pipeline: Pipeline): () => void {
+  server.registerResource(
+    'approval',
+    new ResourceTemplate('approval://{id}', {
+      list: async () => ({
+        resources: (await pipeline.list()).map((a) => ({
+          uri: `approval://${a.approval_id}`,
+          name: a.approval_id,
+          title: `${a.approval_id} ${a.status}: ${a.title}`,
+          mimeType: 'text/markdown',
+        })),
+      }),
+    }),
+    {
+      title: 'Approval request',
+      description: 'The Markdown approval file of a request, as the reviewer sees it.',
+      mimeType: 'text/markdown',
+    },
+    async (uri, { id }) => ({
+      contents: [{ uri: uri.href, mimeType: 'text/markdown', text: await pipeline.fileText(String(id)) }],
+    }),
+  );
+  const subscribed = new Set<string>();
+  server.server.registerCapabilities({ resources: { subscribe: true, listChanged: true } });
+  server.server.setRequestHandler(SubscribeRequestSchema, async (request) => {
+    subscribed.add(request.params.uri);
+    return {};
+  });
+  server.server.setRequestHandler(UnsubscribeRequestSchema, async (request) => {
+    subscribed.delete(request.params.uri);
+    return {};
+  });
+  const known = new Set<string>();
+  return pipeline.onChange((id) => {
+    if (!server.isConnected()) return;
+    const uri = `approval://${id}`;
+    if (!known.has(id)) {
+      known.add(id);
+      server.sendResourceListChanged();
+    }
+    if (subscribed.has(uri)) void server.server.sendResourceUpdated({ uri }).catch(() => undefined);
+  });
+}
