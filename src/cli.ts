@@ -1,4 +1,7 @@
 #!/usr/bin/env node
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import path from 'node:path';
 import { Command, Option } from 'commander';
 import type { SaveStyle } from './approvals/human-edit.js';
 import {
@@ -15,7 +18,15 @@ import { loadConfig } from './config.js';
 import { isGateError } from './errors.js';
 import { createLogger } from './log.js';
 
-const DEFAULT_CONFIG = process.env.APPROVAL_GATE_CONFIG ?? 'approval-gate.yaml';
+/**
+ * The config: --config, else $APPROVAL_GATE_CONFIG, else ./approval-gate.yaml if it exists, else the
+ * per-user file (MCP clients such as Claude Desktop start servers in an unpredictable directory).
+ */
+const DEFAULT_CONFIG =
+  process.env.APPROVAL_GATE_CONFIG ??
+  (existsSync('approval-gate.yaml')
+    ? 'approval-gate.yaml'
+    : path.join(homedir(), '.config', 'approval-gate', 'approval-gate.yaml'));
 
 const program = new Command()
   .name('approval-gate')
