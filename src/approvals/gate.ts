@@ -64,6 +64,7 @@ export class Gate {
   /** Problems of files that are not pending requests: unknown ids, edits after a decision. */
   readonly #untrackedProblems = new Map<string, DecisionProblem>();
   readonly #inspecting = new Set<string>();
+  readonly #inspectAgain = new Set<string>();
   /** Requests known to be decided, so the periodic re-check does not read them again. */
   readonly #settled = new Set<string>();
   #watcher: FSWatcher | null = null;
@@ -317,7 +318,12 @@ export class Gate {
    * edit after the decision. Neither can ever cause an execution; both are told to the human.
    */
   async #inspectUntracked(id: string): Promise<void> {
-    if (this.#inspecting.has(id) || this.#stopped) return;
+    if (this.#stopped) return;
+    if (this.#inspecting.has(id)) {
+      // A save while we read: look again once this look is done, or the save would go unnoticed.
+      this.#inspectAgain.add(id);
+      return;
+    }
     this.#inspecting.add(id);
     try {
       const { store, log, audit } = this.#options;
@@ -341,7 +347,9 @@ export class Gate {
           this.track(request);
           return;
         }
-        if (decision.status === status) return;
+        // Only a human's decision in the file can contradict the recorded one; PENDING is just a file
+        // the server has not rewritten yet, and the server-written statuses are its own.
+        if (decision.status === status || (status !== 'APPROVED' && status !== 'REJECTED')) return;
         problem =
           decision.status === 'EXPIRED'
             ? {
@@ -374,6 +382,7 @@ export class Gate {
       );
     } finally {
       this.#inspecting.delete(id);
+      if (this.#inspectAgain.delete(id)) void this.#inspectUntracked(id);
     }
   }
 
