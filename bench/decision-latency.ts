@@ -19,7 +19,7 @@ import { StdioClientTransport, getDefaultEnvironment } from '@modelcontextprotoc
 import { stringify } from 'yaml';
 import { decideInFile, type SaveStyle } from '../src/approvals/human-edit.js';
 import { parseConfig, type ConfigInput } from '../src/config.js';
-import { openDatabase } from '../src/db.js';
+import { seedCustomers } from '../src/demo.js';
 import { stdioServerCommand } from '../src/server/launch.js';
 import { ToolOutcome } from '../src/server/outcome.js';
 
@@ -86,27 +86,6 @@ interface Workspace {
   readonly configPath: string;
 }
 
-/** The customers table of the demo: the migrations below run next to real data, not in an empty database. */
-async function seed(dataDir: string): Promise<void> {
-  const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
-  try {
-    await knex.schema.createTable('customers', (table) => {
-      table.increments('id');
-      table.text('name').notNullable();
-      table.text('email').notNullable();
-    });
-    await knex('customers').insert(
-      Array.from({ length: 100 }, (_, i) => ({
-        name: `Customer ${i + 1}`,
-        email: `customer${i + 1}@example.com`,
-      })),
-    );
-  } finally {
-    // PGlite allows one process per data directory: the server cannot open it until this closes.
-    await knex.destroy();
-  }
-}
-
 async function createWorkspace(gate: NonNullable<ConfigInput['gate']>): Promise<Workspace> {
   const dir = await mkdtemp(path.join(tmpdir(), 'approval-gate-bench-'));
   const week = 7 * 24 * 60;
@@ -127,7 +106,8 @@ async function createWorkspace(gate: NonNullable<ConfigInput['gate']>): Promise<
     // Fail here, with the config's own message, rather than as a server that exits on start.
     parseConfig(input, dir, configPath);
     await writeFile(configPath, stringify(input));
-    await seed(path.join(dir, 'pgdata'));
+    // The demo's customers table: the migrations below run next to real data, not in an empty database.
+    await seedCustomers(path.join(dir, 'pgdata'));
   } catch (error) {
     await rm(dir, { recursive: true, force: true });
     throw error;

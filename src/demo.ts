@@ -36,7 +36,8 @@ export interface DemoOptions {
 // The demo's own narration goes to stdout: it is a terminal program, not an MCP server.
 const say = (line = '') => process.stdout.write(`${line}\n`);
 
-async function seed(dataDir: string): Promise<void> {
+/** The demo's embedded database: a customers table of 100 rows, analysed. */
+export async function seedCustomers(dataDir: string): Promise<void> {
   const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
   try {
     await knex.schema.createTable('customers', (table) => {
@@ -102,7 +103,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
   say(`Demo workspace: ${workspace}`);
   say('Creating the embedded database (PGlite) with a customers table of 100 rows…');
-  await seed(dataDir);
+  await seedCustomers(dataDir);
 
   const { command, args, cwd } = stdioServerCommand(configPath);
   const transport = new StdioClientTransport({ command, args, cwd, stderr: 'ignore' });
