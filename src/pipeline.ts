@@ -625,8 +625,12 @@ export class Pipeline {
       if (recorded)
         return { ...base, execution: recorded.state, result: recorded, executionError: null, final: true };
     } catch (error) {
-      // Unreachable now, or a ledger conflict: the running execution (here or elsewhere) will say more.
-      lookupError = describeError(error);
+      if (error instanceof GateError && error.code === 'LEDGER_CONFLICT') {
+        // Certain: this request can never run against that ledger. Say so instead of "running".
+        return { ...base, execution: 'failed', result: null, executionError: error.message, final: true };
+      }
+      // Unreachable or unreadable for now: report it with the running state rather than hide it.
+      lookupError = `the ledger could not be read: ${describeError(error)}`;
     }
     return {
       ...base,

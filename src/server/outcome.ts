@@ -139,7 +139,9 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
       status: 'APPROVED',
       execution: 'running',
       final: false,
-      message: `${approvedBy}; the migration is running${status.progress ? ` (${status.progress})` : ''}.`,
+      message:
+        `${approvedBy}; the migration is running${status.progress ? ` (${status.progress})` : ''}.` +
+        (status.executionError ? ` Note: ${status.executionError}.` : ''),
       next_step: awaitStep,
     };
   }
