@@ -197,7 +197,12 @@ export function outcomeOfRefusal(error: unknown): ToolOutcome {
     execution: 'not_started',
     final: true,
     message,
-    next_step: 'Correct the request and call execute_migration again.',
+    next_step:
+      code === 'APPROVAL_NOT_FOUND'
+        ? 'Check the approval_id; list_approvals shows the requests this server knows.'
+        : code === 'INTERNAL_ERROR'
+          ? 'Report this to a human; nothing was executed.'
+          : 'Correct the request and call the tool again.',
     file: null,
     expires_at: null,
     error: { code, message },
