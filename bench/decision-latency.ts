@@ -22,6 +22,7 @@ import { parseConfig, type ConfigInput } from '../src/config.js';
 import { seedCustomers } from '../src/demo.js';
 import { stdioServerCommand } from '../src/server/launch.js';
 import { ToolOutcome } from '../src/server/outcome.js';
+import { integerOption, percentile, runMain, say, sleep } from './common.js';
 
 /** Below this, p99 of a sample is little more than its single worst value. */
 const MIN_DECISIONS = 50;
@@ -31,11 +32,6 @@ const REFERENCE_POLL_MS = 30_000;
 const TARGET_P50_MS = 50;
 /** How long one decision may take before it counts as failed, so a lost decision cannot hang the bench. */
 const DECISION_DEADLINE_MS = 30_000;
-
-const say = (line = '') => process.stdout.write(`${line}\n`);
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-class UsageError extends Error {}
 
 interface Options {
   readonly decisions: number;
@@ -52,18 +48,10 @@ function readOptions(): Options {
     },
     strict: true,
   });
-  const integer = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      throw new UsageError(`${name} must be an integer from ${min} to ${max}, not "${raw}".`);
-    }
-    return value;
-  };
   const env = process.env;
   return {
-    decisions: integer('decisions', values.decisions ?? env.BENCH_DECISIONS, 60, MIN_DECISIONS, 10_000),
-    pollDecisions: integer(
+    decisions: integerOption('decisions', values.decisions ?? env.BENCH_DECISIONS, 60, MIN_DECISIONS, 10_000),
+    pollDecisions: integerOption(
       'poll-decisions',
       values['poll-decisions'] ?? env.BENCH_POLL_DECISIONS,
       15,
@@ -71,7 +59,7 @@ function readOptions(): Options {
       1000,
     ),
     // The config accepts 100 ms … 600 s for recheck_interval_ms.
-    pollIntervalMs: integer(
+    pollIntervalMs: integerOption(
       'poll-interval-ms',
       values['poll-interval-ms'] ?? env.BENCH_POLL_INTERVAL_MS,
       1000,
@@ -232,13 +220,6 @@ interface Stats {
   readonly p90: number;
   readonly p99: number;
   readonly max: number;
-}
-
-/** Nearest-rank percentile: always a value that was actually measured. */
-function percentile(sorted: readonly number[], p: number): number {
-  const value = sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)];
-  if (value === undefined) throw new Error('percentile of an empty sample');
-  return value;
 }
 
 function statsOf(samples: readonly Sample[]): Stats | null {
@@ -420,19 +401,4 @@ async function main(): Promise<number> {
   return failures.length === 0 && warmUpsOk ? 0 : 1;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: unknown) => {
-    if (error instanceof UsageError) {
-      process.stderr.write(`decision-latency: ${error.message}\n`);
-      process.exitCode = 2;
-      return;
-    }
-    process.stderr.write(
-      `decision-latency: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    );
-    process.exitCode = 1;
-  },
-);
+runMain('decision-latency', main);

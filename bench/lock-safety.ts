@@ -30,6 +30,7 @@ import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { analyseSql } from '../src/migration/analyse.js';
 import { Executor } from '../src/migration/execute.js';
+import { UsageError, integerOption, percentile, runMain, say, sleep } from './common.js';
 
 /** The real server on this machine, as in the tests. */
 const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
@@ -60,12 +61,8 @@ const REFERENCE = `${ADD_COLUMN}\nCREATE INDEX ${INDEX} ON ${TABLE}(loyalty_tier
 const CONCURRENT = `${ADD_COLUMN}\nCREATE INDEX CONCURRENTLY ${INDEX} ON ${TABLE}(loyalty_tier);\n`;
 const WITH_LOCK_TIMEOUT = `SET lock_timeout = '${LOCK_TIMEOUT_MS}ms';\n${ADD_COLUMN}\n`;
 
-const say = (line = '') => process.stdout.write(`${line}\n`);
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 /** Epoch milliseconds with sub-ms resolution: comparable with the epoch times in pgbench's log. */
 const now = () => performance.timeOrigin + performance.now();
-
-class UsageError extends Error {}
 
 interface Options {
   readonly rows: number;
@@ -85,14 +82,6 @@ function readOptions(): Options {
     },
     strict: true,
   });
-  const integer = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      throw new UsageError(`${name} must be an integer from ${min} to ${max}, not "${raw}".`);
-    }
-    return value;
-  };
   const env = process.env;
   const rawUrl = env.BENCH_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
   let databaseUrl: URL;
@@ -106,8 +95,8 @@ function readOptions(): Options {
     throw new UsageError(`runs only against a Postgres on this machine, not ${databaseUrl.hostname}.`);
   }
   return {
-    rows: integer('rows', values.rows ?? env.BENCH_LOCKS_ROWS, MIN_ROWS, MIN_ROWS, 50_000_000),
-    readSeconds: integer(
+    rows: integerOption('rows', values.rows ?? env.BENCH_LOCKS_ROWS, MIN_ROWS, MIN_ROWS, 50_000_000),
+    readSeconds: integerOption(
       'read-seconds',
       values['read-seconds'] ?? env.BENCH_LOCKS_READ_SECONDS,
       8,
@@ -117,7 +106,7 @@ function readOptions(): Options {
     ),
     // Odd, for a clean median; 9 because on a busy 2-core machine single runs of the index build
     // vary by ±30 %, and the median of 5 still moved the ratio by ±0.15 between otherwise equal runs.
-    runs: integer('runs', values.runs ?? env.BENCH_LOCKS_RUNS, 9, 1, 25),
+    runs: integerOption('runs', values.runs ?? env.BENCH_LOCKS_RUNS, 9, 1, 25),
     keepTable: values['keep-table'] === true,
     databaseUrl,
   };
@@ -213,11 +202,6 @@ interface WriterStats {
 
 interface Writers {
   stop(): Promise<WriterStats>;
-}
-
-/** Nearest rank: the smallest value with at least p % of the sample at or below it. */
-function percentile(sorted: readonly number[], p: number): number {
-  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
 }
 
 async function startWriters(
@@ -927,19 +911,4 @@ async function main(): Promise<number> {
 
 const list = (values: readonly number[]) => values.map((v) => Math.round(v)).join(', ');
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: unknown) => {
-    if (error instanceof UsageError) {
-      process.stderr.write(`lock-safety: ${error.message}\n`);
-      process.exitCode = 2;
-      return;
-    }
-    process.stderr.write(
-      `lock-safety: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    );
-    process.exitCode = 1;
-  },
-);
+runMain('lock-safety', main);

@@ -31,6 +31,7 @@ import { parseConfig, type ConfigInput } from '../src/config.js';
 import { CRASH_POINTS, type CrashPoint } from '../src/faults.js';
 import { PROJECT_ROOT, stdioServerCommand } from '../src/server/launch.js';
 import { ToolOutcome } from '../src/server/outcome.js';
+import { UsageError, integerOption, runMain, say, sleep } from './common.js';
 
 /** Fewer trials leave too few per crash point (~20 each at 200) to mean anything; --quick overrides. */
 const MIN_TRIALS = 200;
@@ -62,11 +63,6 @@ const STDERR_LINE_CHARS = 400;
 /** The real server on this machine, as in the tests. */
 const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 
-const say = (line = '') => process.stdout.write(`${line}\n`);
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-class UsageError extends Error {}
-
 interface Options {
   readonly trials: number;
   readonly concurrency: number;
@@ -94,20 +90,12 @@ function readOptions(): Options {
     },
     strict: true,
   });
-  const integer = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      throw new UsageError(`${name} must be an integer from ${min} to ${max}, not "${raw}".`);
-    }
-    return value;
-  };
   const env = process.env;
   const quick = values.quick === true;
-  const trials = integer('trials', values.trials ?? env.SOAK_TRIALS, MIN_TRIALS, 1, 100_000);
+  const trials = integerOption('trials', values.trials ?? env.SOAK_TRIALS, MIN_TRIALS, 1, 100_000);
   let only: Set<number> | null = null;
   if (values.only !== undefined) {
-    only = new Set(values.only.split(',').map((part) => integer('only', part.trim(), 0, 1, trials)));
+    only = new Set(values.only.split(',').map((part) => integerOption('only', part.trim(), 0, 1, trials)));
   }
   const planned = only?.size ?? trials;
   if (planned < MIN_TRIALS && !quick) {
@@ -117,14 +105,14 @@ function readOptions(): Options {
   }
   return {
     trials,
-    concurrency: integer('concurrency', values.concurrency ?? env.SOAK_CONCURRENCY, 4, 1, 32),
+    concurrency: integerOption('concurrency', values.concurrency ?? env.SOAK_CONCURRENCY, 4, 1, 32),
     // A 32-bit seed: what the PRNG takes, and short enough to copy from a log.
-    seed: integer('seed', values.seed ?? env.SOAK_SEED, randomInt(0, 2 ** 32), 0, 2 ** 32 - 1),
+    seed: integerOption('seed', values.seed ?? env.SOAK_SEED, randomInt(0, 2 ** 32), 0, 2 ** 32 - 1),
     quick,
     only,
     keepFailed: values['keep-failed'] === true,
     verbose: values.verbose === true,
-    maxMinutes: integer('max-minutes', values['max-minutes'] ?? env.SOAK_MAX_MINUTES, 30, 1, 24 * 60),
+    maxMinutes: integerOption('max-minutes', values['max-minutes'] ?? env.SOAK_MAX_MINUTES, 30, 1, 24 * 60),
     databaseUrl: env.SOAK_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL,
   };
 }
@@ -1021,19 +1009,4 @@ async function main(): Promise<number> {
   return pass ? 0 : 1;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (error: unknown) => {
-    if (error instanceof UsageError) {
-      process.stderr.write(`soak: ${error.message}\n`);
-      process.exitCode = 2;
-      return;
-    }
-    process.stderr.write(
-      `soak: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
-    );
-    process.exitCode = 1;
-  },
-);
+runMain('soak', main);

@@ -19,7 +19,7 @@ import { Priority, type Config } from './config.js';
 import { openDatabase, withSession } from './db.js';
 import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
-import { analyseSql, assertExecutable, type Analysis } from './migration/analyse.js';
+import { analyseSql, assertExecutable, relationsOf, type Analysis } from './migration/analyse.js';
 import { dumpTables, existingTables, pgDumpAvailable } from './migration/backup.js';
 import { describeRelations, type RelationFacts } from './migration/catalog.js';
 import { Executor, type MigrationJob } from './migration/execute.js';
@@ -406,7 +406,7 @@ export class Pipeline {
     // Refuse now, not after a human has spent time, when the target cannot be reached.
     const target = this.#target(input.database);
     await target.executor.prepare();
-    const relations = [...new Set(analysis.statements.flatMap((s) => s.relations))];
+    const relations = relationsOf(analysis.statements);
     const impact = await withSession(target.knex, (session) => describeRelations(session, relations));
 
     const created = wholeSeconds(this.#clock());
@@ -727,7 +727,7 @@ export class Pipeline {
     const connectionString = database?.client === 'pg' ? this.#env[database.connection_env] : undefined;
     if (connectionString && (await pgDumpAvailable())) {
       const target = this.#target(command.database);
-      const relations = [...new Set(analysis.statements.flatMap((s) => s.relations))];
+      const relations = relationsOf(analysis.statements);
       const tables = await withSession(target.knex, (session) => existingTables(session, relations));
       const file = path.join(this.config.stateDir, 'backups', `${request.id}-${Date.now()}.dump`);
       const record = await dumpTables(

@@ -94,6 +94,30 @@ function bodyStatus(body: string): string | null {
   return line?.[1]?.toUpperCase() ?? null;
 }
 
+const sameName = (a: string, b: string) => a.trim().toLowerCase() === b.trim().toLowerCase();
+
+/** Whoever decides may not be the requester, and must be on the environment's allowlist if it has one. */
+function approverProblem(
+  field: 'decided_by' | 'second_approver',
+  name: string,
+  request: ApprovalRequest,
+  approvers: readonly string[] | null,
+): DecisionVerdict | null {
+  if (sameName(name, request.requested_by)) {
+    return invalid(
+      'SELF_APPROVAL',
+      `${field} "${name}" is the identity that requested this change; a different person must decide.`,
+    );
+  }
+  if (approvers !== null && !approvers.some((approver) => sameName(approver, name))) {
+    return invalid(
+      'DECIDED_BY_NOT_ALLOWED',
+      `"${name}" is not an approver for the ${request.command.environment} environment (allowed: ${approvers.join(', ')}).`,
+    );
+  }
+  return null;
+}
+
 export function evaluateDecision({
   data,
   body,
@@ -160,21 +184,8 @@ export function evaluateDecision({
       `${status} needs your name in decided_by (not empty, not a placeholder). Nothing was executed.`,
     );
   }
-  if (decidedBy.toLowerCase() === request.requested_by.trim().toLowerCase()) {
-    return invalid(
-      'SELF_APPROVAL',
-      `decided_by "${decidedBy}" is the identity that requested this change; a different person must decide.`,
-    );
-  }
-  if (
-    approvers !== null &&
-    !approvers.some((name) => name.trim().toLowerCase() === decidedBy.toLowerCase())
-  ) {
-    return invalid(
-      'DECIDED_BY_NOT_ALLOWED',
-      `"${decidedBy}" is not an approver for the ${request.command.environment} environment (allowed: ${approvers.join(', ')}).`,
-    );
-  }
+  const notAllowed = approverProblem('decided_by', decidedBy, request, approvers);
+  if (notAllowed) return notAllowed;
   let claimedDecidedAt: string | null = null;
   if (data.decided_at !== undefined && data.decided_at !== null && data.decided_at !== '') {
     if (typeof data.decided_at !== 'string' || parseTimestamp(data.decided_at, timeZone) === null) {
@@ -207,22 +218,11 @@ export function evaluateDecision({
         'This request needs two approvers (environment policy): fill in second_approver with a second person. Nothing was executed.',
       );
     }
-    const second = secondApprover.toLowerCase();
-    if (second === decidedBy.toLowerCase()) {
+    if (sameName(secondApprover, decidedBy)) {
       return invalid('SECOND_APPROVER_SAME', 'second_approver must be a different person from decided_by.');
     }
-    if (second === request.requested_by.trim().toLowerCase()) {
-      return invalid(
-        'SELF_APPROVAL',
-        `second_approver "${secondApprover}" requested this change; a different person must approve.`,
-      );
-    }
-    if (approvers !== null && !approvers.some((name) => name.trim().toLowerCase() === second)) {
-      return invalid(
-        'DECIDED_BY_NOT_ALLOWED',
-        `"${secondApprover}" is not an approver for the ${request.command.environment} environment (allowed: ${approvers.join(', ')}).`,
-      );
-    }
+    const secondNotAllowed = approverProblem('second_approver', secondApprover, request, approvers);
+    if (secondNotAllowed) return secondNotAllowed;
   }
   return { kind: 'approved', decidedBy, secondApprover, claimedDecidedAt, comment: reason };
 }

@@ -242,7 +242,7 @@ export class Gate {
     switch (verdict.kind) {
       case 'pending':
         this.#setProblem(tracked, null);
-        await this.#showProblem(request.id, null);
+        await this.#showProblem(request.id, null, file.parsed.data.gate_error);
         return;
       case 'invalid':
         if (this.#setProblem(tracked, { code: verdict.code, message: verdict.message })) {
@@ -254,7 +254,7 @@ export class Gate {
             detail: `${verdict.code}: ${verdict.message}`,
           });
         }
-        await this.#showProblem(request.id, tracked.problem);
+        await this.#showProblem(request.id, tracked.problem, file.parsed.data.gate_error);
         return;
       case 'void':
         log.warn({ approval_id: request.id, code: verdict.code }, verdict.message);
@@ -306,10 +306,16 @@ export class Gate {
     return false;
   }
 
-  /** Writes the problem into the file, where the human is looking, or clears it once fixed. */
-  async #showProblem(id: string, problem: DecisionProblem | null): Promise<void> {
+  /**
+   * Writes the problem into the file, where the human is looking, or clears it once fixed. `shown`
+   * is the gate_error the file had when it was just read: when it already says this, nothing is
+   * read or written again (this runs on every save).
+   */
+  async #showProblem(id: string, problem: DecisionProblem | null, shown: unknown): Promise<void> {
+    const wanted = problem ? `${problem.code}: ${problem.message}` : undefined;
+    if (shown === wanted) return;
     await this.#options.store.updateApprovalFile(id, (text) =>
-      updateFrontMatter(text, { gate_error: problem ? `${problem.code}: ${problem.message}` : undefined }),
+      updateFrontMatter(text, { gate_error: wanted }),
     );
   }
 
@@ -373,7 +379,7 @@ export class Gate {
           detail: `status ${JSON.stringify(status)}`,
         });
       }
-      await this.#showProblem(id, problem);
+      await this.#showProblem(id, problem, file.parsed.data.gate_error);
       this.events.emit('changed', id);
     } catch (error) {
       this.#options.log.error(

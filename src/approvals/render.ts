@@ -1,5 +1,6 @@
 import { Document, Scalar, YAMLMap } from 'yaml';
 import { stringifyFrontMatter } from './frontmatter.js';
+import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
 import type { ApprovalRequest, Decision } from './request.js';
@@ -109,7 +110,7 @@ function statementTable(statements: readonly StatementSummary[]): string {
 export function renderApprovalFile(request: ApprovalRequest, context: RenderContext): string {
   const { command } = request;
   const minutes = minutesBetween(request.created_at, request.expires_at);
-  const relations = [...new Set(context.statements.flatMap((s) => s.relations))];
+  const relations = relationsOf(context.statements);
   const stepByStep = context.statements.some((s) => !s.transactional);
   const mode = command.dry_run
     ? 'DRY RUN: the statements run in a transaction that is then rolled back; nothing is kept.'

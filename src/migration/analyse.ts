@@ -127,6 +127,11 @@ function droppedRelations(kind: string, body: Node): string[] {
     .filter((name) => name.length > 0);
 }
 
+/** Every relation the statements name, once each, in order of appearance. */
+export function relationsOf(statements: readonly Pick<AnalysedStatement, 'relations'>[]): string[] {
+  return [...new Set(statements.flatMap((statement) => statement.relations))];
+}
+
 /** Converts a byte offset in `sql`'s UTF-8 encoding to a JavaScript string offset. */
 function charOffset(utf8: Buffer, byteOffset: number): number {
   return utf8.subarray(0, byteOffset).toString('utf8').length;

@@ -6,7 +6,7 @@ import { gateMigrationSource } from '../../migrations/index.js';
 import { withSession, type SqlSession } from '../db.js';
 import { GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
-import { lineAndColumn, type AnalysedStatement } from './analyse.js';
+import { lineAndColumn, relationsOf, type AnalysedStatement } from './analyse.js';
 import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
 import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
 
@@ -99,16 +99,26 @@ interface PgErrorFields {
   position?: string | number;
 }
 
-function toExecutionError(error: unknown, statement: AnalysedStatement, sql: string): ExecutionError {
+/** The fields of a driver error (pg or PGlite), with the SQLSTATE only when it is one. */
+function pgErrorOf(error: unknown): PgErrorFields & { sqlstate: string | null; message: string } {
   const fields = (typeof error === 'object' && error !== null ? error : {}) as PgErrorFields;
-  const message = fields.message ?? String(error);
+  return {
+    ...fields,
+    sqlstate: typeof fields.code === 'string' && /^[0-9A-Z]{5}$/.test(fields.code) ? fields.code : null,
+    message: fields.message ?? String(error),
+  };
+}
+
+function toExecutionError(error: unknown, statement: AnalysedStatement, sql: string): ExecutionError {
+  const fields = pgErrorOf(error);
+  const message = fields.message;
   let where: { line: number; column: number } | null = null;
   const position = Number(fields.position);
   if (Number.isInteger(position) && position > 0) {
     where = lineAndColumn(sql, statement.offset + position - 1);
   }
   return {
-    sqlstate: typeof fields.code === 'string' && /^[0-9A-Z]{5}$/.test(fields.code) ? fields.code : null,
+    sqlstate: fields.sqlstate,
     message,
     detail: fields.detail ?? null,
     hint: fields.hint ?? null,
@@ -445,17 +455,17 @@ export class Executor {
     if (!plan || job.dryRun) return { record: null, error: null };
     if (plan.kind === 'taken') return { record: plan.record, error: null };
     try {
-      const tables = await existingTables(session, [...new Set(job.statements.flatMap((s) => s.relations))]);
+      const tables = await existingTables(session, relationsOf(job.statements));
       for (const sql of tableCopyStatements(plan.schema, job.approvalId, tables)) await session.query(sql);
       const record = tableCopyRecord(plan.schema, job.approvalId, tables);
       return { record: { ...record, tables: [...record.tables] }, error: null };
     } catch (caught) {
-      const fields = (typeof caught === 'object' && caught !== null ? caught : {}) as PgErrorFields;
+      const fields = pgErrorOf(caught);
       return {
         record: null,
         error: {
-          sqlstate: typeof fields.code === 'string' && /^[0-9A-Z]{5}$/.test(fields.code) ? fields.code : null,
-          message: `backup_before failed, so no statement ran: ${fields.message ?? String(caught)}`,
+          sqlstate: fields.sqlstate,
+          message: `backup_before failed, so no statement ran: ${fields.message}`,
           detail: fields.detail ?? null,
           hint: fields.hint ?? null,
           statement: null,

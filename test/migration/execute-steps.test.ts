@@ -21,6 +21,25 @@ async function job(approvalId: string, sql: string): Promise<MigrationJob> {
   return { approvalId, requestHash: `sha256:${approvalId}`, sql, statements, dryRun: false };
 }
 
+/** The ledger row a step-by-step run commits before its first statement (left behind if it dies). */
+async function insertRunningRow(id: string, executedBy: string): Promise<void> {
+  await knex
+    .withSchema(ledgerSchema)
+    .table('ledger')
+    .insert({
+      approval_id: id,
+      request_hash: `sha256:${id}`,
+      state: 'running',
+      dry_run: false,
+      transactional: false,
+      started_at: new Date(),
+      finished_at: new Date(),
+      duration_ms: 0,
+      statements: JSON.stringify([]),
+      executed_by: executedBy,
+    });
+}
+
 async function rows(): Promise<number> {
   const [row] = await knex(table).count<{ count: string }[]>('* as count');
   return Number(row?.count);
@@ -89,21 +108,7 @@ describe('step-by-step execution of non-transactional statements', () => {
     const id = 'APR-20260102-003';
     const sql = `INSERT INTO ${table} (note) VALUES ('c'); CREATE INDEX CONCURRENTLY ${table}_c ON ${table}(note)`;
     // What a crash after "started" leaves behind: a running ledger row and a started step, no lock.
-    await knex
-      .withSchema(ledgerSchema)
-      .table('ledger')
-      .insert({
-        approval_id: id,
-        request_hash: `sha256:${id}`,
-        state: 'running',
-        dry_run: false,
-        transactional: false,
-        started_at: new Date(),
-        finished_at: new Date(),
-        duration_ms: 0,
-        statements: JSON.stringify([]),
-        executed_by: 'crashed:1',
-      });
+    await insertRunningRow(id, 'crashed:1');
     await knex
       .withSchema(ledgerSchema)
       .table('ledger_steps')
@@ -128,21 +133,7 @@ describe('step-by-step execution of non-transactional statements', () => {
 
   it('says "still running" (null) while another session holds the run lock', async () => {
     const id = 'APR-20260102-004';
-    await knex
-      .withSchema(ledgerSchema)
-      .table('ledger')
-      .insert({
-        approval_id: id,
-        request_hash: `sha256:${id}`,
-        state: 'running',
-        dry_run: false,
-        transactional: false,
-        started_at: new Date(),
-        finished_at: new Date(),
-        duration_ms: 0,
-        statements: JSON.stringify([]),
-        executed_by: 'alive:1',
-      });
+    await insertRunningRow(id, 'alive:1');
     const holder = await knex.client.acquireConnection();
     try {
       await holder.query('select pg_advisory_lock($1, $2)', [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(id)]);

@@ -1,0 +1,51 @@
+/** What the benchmark scripts share: output, options, percentiles and the top-level handler. */
+
+export const say = (line = ''): void => {
+  process.stdout.write(`${line}\n`);
+};
+
+export const sleep = (ms: number): Promise<void> => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** A bad command-line option or environment value: reported without a stack, exit code 2. */
+export class UsageError extends Error {}
+
+/** An integer option from argv or the environment, within bounds; `fallback` when not given. */
+export function integerOption(
+  name: string,
+  raw: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new UsageError(`${name} must be an integer from ${min} to ${max}, not "${raw}".`);
+  }
+  return value;
+}
+
+/** Nearest rank: always a value that was actually measured; NaN for an empty sample. */
+export function percentile(sorted: readonly number[], p: number): number {
+  return sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)] ?? Number.NaN;
+}
+
+/** Runs a benchmark's main, sets its exit code, and prints errors once (usage errors without stack). */
+export function runMain(name: string, main: () => Promise<number>): void {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (error: unknown) => {
+      if (error instanceof UsageError) {
+        process.stderr.write(`${name}: ${error.message}\n`);
+        process.exitCode = 2;
+        return;
+      }
+      process.stderr.write(
+        `${name}: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+      );
+      process.exitCode = 1;
+    },
+  );
+}
