@@ -104,16 +104,42 @@ export interface QueryResult {
   readonly rowCount: number | null;
 }
 
-/** One connection, taking SQL verbatim: no `?` placeholder rewriting, unlike `knex.raw`. */
+/**
+ * One connection, taking SQL verbatim: no `?` placeholder rewriting, unlike `knex.raw`. Every query
+ * goes through the extended query protocol, where Postgres refuses a text holding more than one
+ * command ("cannot insert multiple commands into a prepared statement"): whatever our parser and
+ * Postgres' lexer think of the text, one call can never run two statements.
+ */
 export interface SqlSession {
   query(text: string, params?: readonly unknown[]): Promise<QueryResult>;
 }
 
-interface DriverConnection {
-  query(
-    text: string,
-    params?: unknown[],
-  ): Promise<{ rows?: Record<string, unknown>[]; rowCount?: number | null; affectedRows?: number }>;
+/** A pooled session that can refuse to go back to the pool when its state is no longer known. */
+export interface PooledSession extends SqlSession {
+  /** Closes the connection instead of returning it to the pool (pg); PGlite has only one. */
+  dispose(reason: string): void;
+}
+
+interface DriverResult {
+  rows?: Record<string, unknown>[];
+  rowCount?: number | null;
+  affectedRows?: number;
+}
+
+interface PgConnection {
+  query(config: { text: string; values?: unknown[]; queryMode: 'extended' }): Promise<DriverResult>;
+  /** knex's pool drops a connection carrying this mark instead of handing it out again. */
+  __knex__disposed?: string;
+}
+
+interface PgliteConnection {
+  /** PGlite's query() always uses the extended protocol. */
+  query(text: string, params?: unknown[]): Promise<DriverResult>;
+  waitReady: Promise<void>;
+}
+
+function isPglite(connection: PgConnection | PgliteConnection): connection is PgliteConnection {
+  return 'waitReady' in connection;
 }
 
 /**
@@ -121,16 +147,22 @@ interface DriverConnection {
  * PGlite). knex.raw rewrites every `?` into a bind parameter even without bindings, which would turn
  * the jsonb `?` operator or a '?' literal in a migration into different SQL than the human approved.
  */
-export async function withSession<T>(knex: Knex, work: (session: SqlSession) => Promise<T>): Promise<T> {
+export async function withSession<T>(knex: Knex, work: (session: PooledSession) => Promise<T>): Promise<T> {
   const client = knex.client as {
     acquireConnection(): Promise<unknown>;
     releaseConnection(c: unknown): Promise<unknown>;
   };
-  const connection = (await client.acquireConnection()) as DriverConnection;
-  const session: SqlSession = {
+  const connection = (await client.acquireConnection()) as PgConnection | PgliteConnection;
+  const session: PooledSession = {
     async query(text, params) {
-      const result = await connection.query(text, params === undefined ? undefined : [...params]);
+      const values = params === undefined ? undefined : [...params];
+      const result = isPglite(connection)
+        ? await connection.query(text, values)
+        : await connection.query({ text, ...(values ? { values } : {}), queryMode: 'extended' });
       return { rows: result.rows ?? [], rowCount: result.rowCount ?? result.affectedRows ?? null };
+    },
+    dispose(reason) {
+      if (!isPglite(connection)) connection.__knex__disposed = reason;
     },
   };
   try {

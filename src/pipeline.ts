@@ -14,6 +14,7 @@ import {
 } from './approvals/request.js';
 import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
+import { assertOneLine, assertVisible } from './approvals/invisible.js';
 import { Notifier } from './approvals/notify.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase, withSession } from './db.js';
@@ -367,6 +368,11 @@ export class Pipeline {
       );
     }
     const input = parsed.data;
+    // Agent text is hostile: nothing a reviewer cannot see, and a title that stays one line.
+    assertOneLine('title', input.title);
+    for (const field of ['title', 'reason', 'migration_file', 'sql', 'rollback_sql'] as const) {
+      assertVisible(field, input[field]);
+    }
     const environment = this.config.environments[input.environment];
     if (!environment) {
       throw new GateError(
@@ -550,6 +556,8 @@ export class Pipeline {
     if (!request)
       throw new GateError('APPROVAL_NOT_FOUND', `No approval request ${id} was issued by this server.`);
     const decision: Decision = {
+      approval_id: id,
+      request_hash: request.request_hash,
       status: 'CANCELLED',
       decided_by: who.by,
       decided_at: formatTimestamp(this.#clock(), this.config.timezone),
@@ -822,8 +830,22 @@ export class Pipeline {
     let result: ExecutionResult;
     let ranHere: boolean;
     try {
-      // From the canonical record, never from the file.
+      // From the canonical record, never from the file; its hash recomputed, and the decision bound
+      // to this id and this hash (a decision about a twin request with the same SQL does not count).
+      if (hashCommand(command) !== request.request_hash) {
+        throw new GateError(
+          'RECORD_TAMPERED',
+          `The record of ${id} no longer matches its hash; nothing was run.`,
+        );
+      }
+      if (decision.approval_id !== id || decision.request_hash !== request.request_hash) {
+        throw new GateError(
+          'DECISION_NOT_BOUND',
+          `The approval was given to ${decision.approval_id} (${decision.request_hash}), not to ${id}; nothing was run.`,
+        );
+      }
       const analysis = await analyseSql(command.sql);
+      const findings = this.#assess(analysis);
       ({ result, ranHere } = await this.#target(command.database).executor.run(
         {
           approvalId: id,
@@ -831,6 +853,11 @@ export class Pipeline {
           sql: command.sql,
           statements: analysis.statements,
           dryRun: command.dry_run,
+          timeoutsMayChange: new Set(
+            findings
+              .filter((f) => f.code === 'TIMEOUT_OVERRIDE' && f.statement !== null)
+              .map((f) => (f.statement ?? 0) - 1),
+          ),
           backup: await this.#planBackup(request, analysis),
           rollback:
             command.dry_run && command.rollback_sql !== null
@@ -849,7 +876,15 @@ export class Pipeline {
     } catch (error) {
       const certain =
         error instanceof GateError &&
-        ['LEDGER_UNAVAILABLE', 'LEDGER_CONFLICT', 'BACKUP_FAILED'].includes(error.code);
+        [
+          'LEDGER_UNAVAILABLE',
+          'LEDGER_CONFLICT',
+          'BACKUP_FAILED',
+          'LEDGER_WRITE_FAILED',
+          'SESSION_NOT_CLEAN',
+          'RECORD_TAMPERED',
+          'DECISION_NOT_BOUND',
+        ].includes(error.code);
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
@@ -866,7 +901,7 @@ export class Pipeline {
         renderOutcomeSection({
           decision,
           summary: certain
-            ? 'Not executed: the database could not be reached or the ledger refused it.'
+            ? 'Not executed: nothing was sent to the database (see the error below).'
             : `Outcome UNKNOWN: the connection failed during execution. Check ${this.config.ledger_schema}.ledger for ${id} before doing anything else.`,
           details: [`Error: ${message}`],
         }),

@@ -190,6 +190,8 @@ export class Gate {
       return;
     }
     const decision = (status: Decision['status'], decidedBy: string | null, reason: string | null) => ({
+      approval_id: request.id,
+      request_hash: request.request_hash,
       status,
       decided_by: decidedBy,
       decided_at: formatTimestamp(now, this.#options.timeZone),

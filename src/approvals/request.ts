@@ -47,7 +47,11 @@ export const ApprovalRequest = z
   .strict();
 export type ApprovalRequest = z.infer<typeof ApprovalRequest>;
 
-/** SHA-256 over the command's fields in a fixed order: identical commands hash identically. */
+/**
+ * SHA-256 over the command's fields in a fixed order: identical commands hash identically. That is
+ * why a decision is bound to the approval id as well as to this hash: twin requests with the same SQL
+ * share a hash, never an id.
+ */
 export function hashCommand(command: MigrationCommand): string {
   const canonical = JSON.stringify([
     command.environment,
@@ -71,6 +75,10 @@ export const DecisionStatus = z
 
 export const Decision = z
   .object({
+    approval_id: ApprovalId.describe('The request this decision is about; it never applies to another.'),
+    request_hash: z
+      .string()
+      .describe('The hash of the request decided on; a decision never applies to a different command.'),
     status: DecisionStatus,
     decided_by: z.string().nullable().describe('Who decided; null when the server did (EXPIRED, CANCELLED).'),
     decided_at: z.string().describe("When the server accepted the decision, by the server's clock."),

@@ -15,7 +15,7 @@ import {
 import path from 'node:path';
 import { GateError } from '../errors.js';
 import { decodeUtf8, MAX_FILE_BYTES, parseApprovalText, type ParsedApprovalFile } from './frontmatter.js';
-import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision } from './request.js';
+import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision, hashCommand } from './request.js';
 
 /**
  * Where requests live. The approvals directory holds the Markdown files humans edit; the state
@@ -126,16 +126,30 @@ export class ApprovalStore {
     }
   }
 
+  /**
+   * The canonical record of `id`. Its hash is recomputed, never trusted: a record edited after the
+   * request (or forged with a copied hash) is refused, so nothing of it can run.
+   */
   async readRequest(id: string): Promise<ApprovalRequest | null> {
     this.filePath(id);
+    let request: ApprovalRequest;
     try {
-      return ApprovalRequest.parse(
+      request = ApprovalRequest.parse(
         JSON.parse(await readFile(path.join(this.#records, `${id}.json`), 'utf8')),
       );
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw new GateError('RECORD_CORRUPT', `The server's record of ${id} cannot be read.`, { cause: error });
     }
+    if (request.id !== id || hashCommand(request.command) !== request.request_hash) {
+      throw new GateError(
+        'RECORD_TAMPERED',
+        `The server's record of ${id} no longer matches its own hash (or names another id): it was edited ` +
+          'after the request was made. Nothing of it will run; submit a new request.',
+        { context: { approvalId: id } },
+      );
+    }
+    return request;
   }
 
   async listRequestIds(): Promise<string[]> {
@@ -148,6 +162,12 @@ export class ApprovalStore {
   /** Records `decision` unless one is already recorded; returns the decision that stands. */
   async recordDecision(id: string, decision: Decision): Promise<Decision> {
     this.filePath(id);
+    if (decision.approval_id !== id) {
+      throw new GateError(
+        'DECISION_NOT_BOUND',
+        `A decision about ${decision.approval_id} cannot be recorded for ${id}.`,
+      );
+    }
     const target = path.join(this.#decisions, `${id}.json`);
     if (await createExclusive(target, `${JSON.stringify(decision, null, 2)}\n`, 0o600)) return decision;
     const standing = await this.readDecision(id);
@@ -155,16 +175,31 @@ export class ApprovalStore {
     return standing;
   }
 
+  /**
+   * The recorded decision of `id`, checked to be about this id and this exact request (its hash):
+   * a decision copied from another request, even one with identical SQL, is refused.
+   */
   async readDecision(id: string): Promise<Decision | null> {
     this.filePath(id);
+    let decision: Decision;
     try {
-      return Decision.parse(JSON.parse(await readFile(path.join(this.#decisions, `${id}.json`), 'utf8')));
+      decision = Decision.parse(JSON.parse(await readFile(path.join(this.#decisions, `${id}.json`), 'utf8')));
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw new GateError('DECISION_CORRUPT', `The recorded decision of ${id} cannot be read.`, {
         cause: error,
       });
     }
+    const request = await this.readRequest(id);
+    if (decision.approval_id !== id || request?.request_hash !== decision.request_hash) {
+      throw new GateError(
+        'DECISION_NOT_BOUND',
+        `The recorded decision of ${id} was made about ${decision.approval_id} (${decision.request_hash}), not about ` +
+          `this request; it does not count and nothing runs on it.`,
+        { context: { approvalId: id } },
+      );
+    }
+    return decision;
   }
 
   /** Reads the approval file as data: regular files only (no symlinks), size-capped, strict UTF-8. */

@@ -4,11 +4,12 @@ import { performance } from 'node:perf_hooks';
 import type { Knex } from 'knex';
 import { gateMigrationSource } from '../../migrations/index.js';
 import { withSession, type SqlSession } from '../db.js';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
 import { lineAndColumn, relationsOf, type AnalysedStatement } from './analyse.js';
 import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
 import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
+import { readWatchedSettings, settingsBreach, withJobSession, type WatchedSettings } from './session.js';
 
 export interface MigrationJob {
   readonly approvalId: string;
@@ -27,6 +28,11 @@ export interface MigrationJob {
     | { readonly kind: 'taken'; readonly record: BackupInfo }
     | { readonly kind: 'table_copy'; readonly schema: string }
     | null;
+  /**
+   * 0-based indexes of statements the reviewer saw flagged for changing the gate's timeouts
+   * (TIMEOUT_OVERRIDE). Any other statement that changes them stops the job.
+   */
+  readonly timeoutsMayChange?: ReadonlySet<number>;
 }
 
 export interface LockRetryPolicy {
@@ -55,6 +61,20 @@ const RETRYABLE_SQLSTATES = new Set(['55P03', '40P01']);
 class RetryableLockFailure extends Error {
   constructor(readonly failure: ExecutionError) {
     super(failure.message);
+  }
+}
+
+/**
+ * The migration ran but its ledger row could not be written (a statement took away the rights it
+ * needs, say), so the transaction rolled back: nothing changed. Caught by `run`, which records that.
+ */
+class LedgerWriteFailure extends Error {
+  constructor(
+    readonly attempt: number,
+    readonly started: ExecutionResult,
+    cause: unknown,
+  ) {
+    super(describeError(cause), { cause });
   }
 }
 
@@ -126,6 +146,44 @@ function toExecutionError(error: unknown, statement: AnalysedStatement, sql: str
     line: where?.line ?? lineAndColumn(sql, statement.offset).line,
     column: where?.column ?? null,
   };
+}
+
+/** The gate stopped the job after `statement` because it changed the session in a forbidden way. */
+function breachError(
+  statement: AnalysedStatement,
+  sql: string,
+  breach: string,
+  transactional: boolean,
+): ExecutionError {
+  return {
+    sqlstate: null,
+    message:
+      `The gate stopped the migration after statement ${statement.index + 1}: ${breach}. ` +
+      (transactional
+        ? 'Everything was rolled back; nothing changed.'
+        : 'No later statement was sent; the statements before it, and it, stay applied.'),
+    detail: null,
+    hint: null,
+    statement: statement.index + 1,
+    line: lineAndColumn(sql, statement.offset).line,
+    column: null,
+  };
+}
+
+/**
+ * The gate's own writes on a job's session run as the session user: a migration may SET ROLE to a
+ * role that cannot write the ledger. The job's role is restored afterwards (step-by-step runs go on).
+ */
+async function asSessionUser<T>(session: SqlSession, work: () => Promise<T>): Promise<T> {
+  const { rows } = await session.query('select current_user as role, session_user as login');
+  const role = String(rows[0]?.role ?? '');
+  if (role === String(rows[0]?.login ?? '')) return work();
+  await session.query('reset role');
+  try {
+    return await work();
+  } finally {
+    await session.query("select pg_catalog.set_config('role', $1, false)", [role]);
+  }
 }
 
 type StatementOutcome = ExecutionResult['statements'][number];
@@ -214,14 +272,14 @@ export class Executor {
       if (recorded !== 'running') return recorded;
       // A step-by-step run holds the session lock while alive. Free lock: the run died.
       const { rows } = await session.query(
-        'select pg_try_advisory_lock($1, $2) as free',
+        'select pg_catalog.pg_try_advisory_lock($1, $2) as free',
         this.#lockKeys(approvalId),
       );
       if (rows[0]?.free !== true) return null;
       try {
         return await this.#declareUnknown(session, approvalId, requestHash);
       } finally {
-        await session.query('select pg_advisory_unlock($1, $2)', this.#lockKeys(approvalId));
+        await session.query('select pg_catalog.pg_advisory_unlock($1, $2)', this.#lockKeys(approvalId));
       }
     });
   }
@@ -235,9 +293,11 @@ export class Executor {
     approvalId: string,
     requestHash: string,
   ): Promise<ExecutionResult | 'running' | null> {
-    const { rows } = await session.query(`select * from ${this.#ledger} where approval_id = $1`, [
-      approvalId,
-    ]);
+    // Operators and functions schema-qualified: this also runs on a job's session, after its SQL.
+    const { rows } = await session.query(
+      `select * from ${this.#ledger} where approval_id operator(pg_catalog.=) $1::text`,
+      [approvalId],
+    );
     const row = rows[0];
     if (!row) return null;
     if (row.request_hash !== requestHash) {
@@ -273,7 +333,7 @@ export class Executor {
     requestHash: string,
   ): Promise<ExecutionResult> {
     const { rows: steps } = await session.query(
-      `select * from ${this.#steps} where approval_id = $1 order by statement`,
+      `select * from ${this.#steps} where approval_id operator(pg_catalog.=) $1::text order by statement`,
       [approvalId],
     );
     const done = steps.filter((s) => s.state === 'done');
@@ -294,7 +354,8 @@ export class Executor {
       column: null,
     };
     await session.query(
-      `update ${this.#ledger} set state = 'unknown', error = $2, finished_at = now() where approval_id = $1 and state = 'running'`,
+      `update ${this.#ledger} set state = 'unknown', error = $2, finished_at = pg_catalog.now()
+        where approval_id operator(pg_catalog.=) $1::text and state operator(pg_catalog.=) 'running'::text`,
       [approvalId, JSON.stringify(error)],
     );
     const recorded = await this.#readLedger(session, approvalId, requestHash);
@@ -327,17 +388,18 @@ export class Executor {
     if (!transactional) {
       // No automatic retry here: a CREATE INDEX CONCURRENTLY that failed part-way leaves an invalid index.
       onProgress('running statement by statement, outside a transaction');
-      return withSession(this.#knex, (session) => this.#runStepByStep(session, job));
+      return withJobSession(this.#knex, (session, baseline) => this.#runStepByStep(session, job, baseline));
     }
     const policy = this.#options.lockRetry ?? { retries: 0, initialDelayMs: 0, maxDelayMs: 0 };
     const attempts = policy.retries + 1;
     for (let attempt = 1; ; attempt += 1) {
       onProgress(attempt === 1 ? 'running in one transaction' : `attempt ${attempt} of ${attempts}`);
       try {
-        return await withSession(this.#knex, (session) =>
-          this.#runInTransaction(session, job, { attempt, final: attempt >= attempts }),
+        return await withJobSession(this.#knex, (session, baseline) =>
+          this.#runInTransaction(session, job, { attempt, final: attempt >= attempts, baseline }),
         );
       } catch (error) {
+        if (error instanceof LedgerWriteFailure) return this.#recordUnrecordable(job, error);
         if (!(error instanceof RetryableLockFailure)) throw error;
         const delay = retryDelayMs(policy, attempt);
         onProgress(
@@ -349,10 +411,52 @@ export class Executor {
     }
   }
 
+  /**
+   * The transaction that ran the migration could not write its ledger row and rolled back. Records
+   * that on a fresh session, so that the request is final (never "running") and says what happened.
+   */
+  async #recordUnrecordable(job: MigrationJob, failure: LedgerWriteFailure): Promise<ExecutionRun> {
+    const message =
+      `The statements ran, but the gate could not record the result in its ledger (${failure.message}), ` +
+      'so the whole transaction was rolled back: nothing changed.';
+    const result: ExecutionResult = {
+      ...failure.started,
+      state: 'failed',
+      statements: [],
+      rows_affected: null,
+      backup: job.backup?.kind === 'taken' ? job.backup.record : null,
+      rollback_rehearsal: null,
+      error: { sqlstate: null, message, detail: null, hint: null, statement: null, line: null, column: null },
+    };
+    try {
+      return await withJobSession(this.#knex, async (session) => {
+        await session.query('begin');
+        await session.query(
+          'select pg_catalog.pg_advisory_xact_lock($1, $2)',
+          this.#lockKeys(job.approvalId),
+        );
+        const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
+        if (earlier !== null && earlier !== 'running') {
+          await session.query('rollback');
+          return { result: earlier, ranHere: false };
+        }
+        await this.#insertLedger(session, job, result, failure.attempt);
+        await session.query('commit');
+        return { result, ranHere: true };
+      });
+    } catch (error) {
+      throw new GateError(
+        'LEDGER_WRITE_FAILED',
+        `${message} Recording even that failed: ${describeError(error)}`,
+        { cause: error, context: { approvalId: job.approvalId } },
+      );
+    }
+  }
+
   async #runInTransaction(
     session: SqlSession,
     job: MigrationJob,
-    attempt: { attempt: number; final: boolean },
+    attempt: { attempt: number; final: boolean; baseline: WatchedSettings },
   ): Promise<ExecutionRun> {
     await session.query('begin');
     try {
@@ -368,10 +472,10 @@ export class Executor {
   async #transactionBody(
     session: SqlSession,
     job: MigrationJob,
-    { attempt, final }: { attempt: number; final: boolean },
+    { attempt, final }: { attempt: number; final: boolean; baseline: WatchedSettings },
   ): Promise<ExecutionRun> {
     // Waits while another instance runs the same approval; its commit makes the ledger row visible.
-    await session.query('select pg_advisory_xact_lock($1, $2)', this.#lockKeys(job.approvalId));
+    await session.query('select pg_catalog.pg_advisory_xact_lock($1, $2)', this.#lockKeys(job.approvalId));
     crashPoint('after-advisory-lock');
     const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
     if (earlier === 'running') {
@@ -387,9 +491,10 @@ export class Executor {
     await session.query('savepoint gate_migration');
     // Local to the savepoint: they bind the migration's statements, and roll back with them.
     await session.query(
-      `select set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)`,
+      `select pg_catalog.set_config('lock_timeout', $1, true), pg_catalog.set_config('statement_timeout', $2, true)`,
       [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
     );
+    let watched = await readWatchedSettings(session);
     const statements: StatementOutcome[] = [];
     const backup = await this.#backUp(session, job);
     let error: ExecutionError | null = backup.error;
@@ -407,6 +512,15 @@ export class Executor {
         }
         break;
       }
+      const now = await readWatchedSettings(session);
+      const breach = settingsBreach(watched, now, {
+        timeoutsMayChange: job.timeoutsMayChange?.has(statement.index) ?? false,
+      });
+      if (breach !== null) {
+        error = breachError(statement, job.sql, breach, true);
+        break;
+      }
+      watched = now;
       crashPoint('mid-migration');
     }
     let rehearsal: ExecutionResult['rollback_rehearsal'] = null;
@@ -415,9 +529,12 @@ export class Executor {
         error !== null ? { state: 'not_reached', error: null } : await this.#rehearseRollback(session, job);
     }
     if (error !== null || job.dryRun) {
+      // Also undoes every SET, SET ROLE and set_config the statements made.
       await session.query('rollback to savepoint gate_migration');
     } else {
       await session.query('release savepoint gate_migration');
+      // The statements are done; the gate writes its ledger row as the session user.
+      await session.query('reset role');
     }
     const result: ExecutionResult = {
       state: error !== null ? 'failed' : job.dryRun ? 'rolled_back' : 'succeeded',
@@ -439,7 +556,11 @@ export class Executor {
       rollback_rehearsal: rehearsal,
       executed_by: this.#instanceId,
     };
-    await this.#insertLedger(session, job, result, attempt);
+    try {
+      await this.#insertLedger(session, job, result, attempt);
+    } catch (caught) {
+      throw new LedgerWriteFailure(attempt, result, caught);
+    }
     return { result, ranHere: true };
   }
 
@@ -482,12 +603,19 @@ export class Executor {
     job: MigrationJob,
   ): Promise<ExecutionResult['rollback_rehearsal']> {
     if (!job.rollback) return { state: 'not_provided', error: null };
+    let watched = await readWatchedSettings(session);
     for (const statement of job.rollback.statements) {
       try {
         await session.query(statement.text);
       } catch (caught) {
         return { state: 'failed', error: toExecutionError(caught, statement, job.rollback.sql) };
       }
+      const now = await readWatchedSettings(session);
+      const breach = settingsBreach(watched, now, { timeoutsMayChange: false });
+      if (breach !== null) {
+        return { state: 'failed', error: breachError(statement, job.rollback.sql, breach, true) };
+      }
+      watched = now;
     }
     return { state: 'succeeded', error: null };
   }
@@ -523,8 +651,12 @@ export class Executor {
     );
   }
 
-  async #runStepByStep(session: SqlSession, job: MigrationJob): Promise<ExecutionRun> {
-    await session.query('select pg_advisory_lock($1, $2)', this.#lockKeys(job.approvalId));
+  async #runStepByStep(
+    session: SqlSession,
+    job: MigrationJob,
+    baseline: WatchedSettings,
+  ): Promise<ExecutionRun> {
+    await session.query('select pg_catalog.pg_advisory_lock($1, $2)', this.#lockKeys(job.approvalId));
     try {
       crashPoint('after-advisory-lock');
       const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
@@ -536,15 +668,15 @@ export class Executor {
         };
       }
       if (earlier) return { result: earlier, ranHere: false };
-      return { result: await this.#steps_(session, job), ranHere: true };
+      return { result: await this.#steps_(session, job, baseline), ranHere: true };
     } finally {
       await session
-        .query('select pg_advisory_unlock($1, $2)', this.#lockKeys(job.approvalId))
+        .query('select pg_catalog.pg_advisory_unlock($1, $2)', this.#lockKeys(job.approvalId))
         .catch(() => undefined);
     }
   }
 
-  async #steps_(session: SqlSession, job: MigrationJob): Promise<ExecutionResult> {
+  async #steps_(session: SqlSession, job: MigrationJob, baseline: WatchedSettings): Promise<ExecutionResult> {
     const startedAt = new Date();
     const start = performance.now();
     await this.#insertLedger(session, job, {
@@ -562,44 +694,59 @@ export class Executor {
       executed_by: this.#instanceId,
     });
     const statements: StatementOutcome[] = [];
+    // Session-wide: each statement is its own transaction. withJobSession discards them afterwards.
     await session.query(
-      `select set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)`,
+      `select pg_catalog.set_config('lock_timeout', $1, false), pg_catalog.set_config('statement_timeout', $2, false)`,
       [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
     );
+    let watched = await readWatchedSettings(session);
+    if (watched.session_user !== baseline.session_user) {
+      throw new GateError('SESSION_NOT_CLEAN', 'The session changed identity before the first statement.');
+    }
     // The copies commit on their own before the first step: a step-by-step run has no shared transaction.
     await session.query('begin');
     const backup = await this.#backUp(session, job);
     await session.query(backup.error === null ? 'commit' : 'rollback');
     let error: ExecutionError | null = backup.error;
-    try {
-      for (const statement of error === null ? job.statements : []) {
-        const step = [job.approvalId, statement.index + 1];
-        await session.query(
-          `insert into ${this.#steps} (approval_id, statement, kind, sql, state, started_at) values ($1, $2, $3, $4, 'started', now())`,
+    // The step rows are written between the migration's statements, whatever search_path or role
+    // they set: qualified operators and functions, and as the session user.
+    const stepUpdate = `update ${this.#steps} set state = $3, finished_at = pg_catalog.now(), rows_affected = $4, error = $5
+      where approval_id operator(pg_catalog.=) $1::text and statement operator(pg_catalog.=) $2::integer`;
+    for (const statement of error === null ? job.statements : []) {
+      const step = [job.approvalId, statement.index + 1];
+      await asSessionUser(session, () =>
+        session.query(
+          `insert into ${this.#steps} (approval_id, statement, kind, sql, state, started_at)
+             values ($1, $2, $3, $4, 'started', pg_catalog.now())`,
           [...step, statement.kind, statement.text],
+        ),
+      );
+      crashPoint('after-step-started');
+      let rowCount: number | null;
+      try {
+        rowCount = (await session.query(statement.text)).rowCount;
+      } catch (caught) {
+        error = toExecutionError(caught, statement, job.sql);
+        await asSessionUser(session, () =>
+          session.query(stepUpdate, [...step, 'failed', null, JSON.stringify(error)]),
         );
-        crashPoint('after-step-started');
-        let rowCount: number | null;
-        try {
-          rowCount = (await session.query(statement.text)).rowCount;
-        } catch (caught) {
-          error = toExecutionError(caught, statement, job.sql);
-          await session.query(
-            `update ${this.#steps} set state = 'failed', finished_at = now(), error = $3 where approval_id = $1 and statement = $2`,
-            [...step, JSON.stringify(error)],
-          );
-          break;
-        }
-        crashPoint('after-step-executed');
-        const outcome = outcomeOf(statement, rowCount);
-        await session.query(
-          `update ${this.#steps} set state = 'done', finished_at = now(), rows_affected = $3 where approval_id = $1 and statement = $2`,
-          [...step, outcome.rows_affected],
-        );
-        statements.push(outcome);
+        break;
       }
-    } finally {
-      await session.query('reset lock_timeout; reset statement_timeout').catch(() => undefined);
+      crashPoint('after-step-executed');
+      const outcome = outcomeOf(statement, rowCount);
+      await asSessionUser(session, () =>
+        session.query(stepUpdate, [...step, 'done', outcome.rows_affected, null]),
+      );
+      statements.push(outcome);
+      const now = await readWatchedSettings(session);
+      const breach = settingsBreach(watched, now, {
+        timeoutsMayChange: job.timeoutsMayChange?.has(statement.index) ?? false,
+      });
+      if (breach !== null) {
+        error = breachError(statement, job.sql, breach, false);
+        break;
+      }
+      watched = now;
     }
     const result: ExecutionResult = {
       state: error === null ? 'succeeded' : 'failed',
@@ -615,10 +762,11 @@ export class Executor {
       backup: backup.record,
       executed_by: this.#instanceId,
     };
+    await session.query('reset role');
     await session.query(
       `update ${this.#ledger} set state = $2, finished_at = $3, duration_ms = $4, rows_affected = $5, statements = $6, error = $7,
               backup = $8
-        where approval_id = $1`,
+        where approval_id operator(pg_catalog.=) $1::text`,
       [
         job.approvalId,
         result.state,

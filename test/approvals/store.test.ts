@@ -47,6 +47,8 @@ describe('approval store', () => {
     const { store } = await freshStore();
     const request = await store.create(draft, render);
     const approve = {
+      approval_id: request.id,
+      request_hash: request.request_hash,
       status: 'APPROVED',
       decided_by: 'Dana',
       decided_at: 'x',
