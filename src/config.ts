@@ -195,9 +195,31 @@ export const ConfigSchema = z
           .describe(
             'Browser origins allowed to call the server; requests with any other Origin are refused (DNS rebinding).',
           ),
+        max_sessions: z
+          .number()
+          .int()
+          .min(1)
+          .max(10_000)
+          .default(100)
+          .describe(
+            'Most MCP sessions open at once; when full, the session idle longest is closed to make room (never one with a request in progress).',
+          ),
+        session_idle_seconds: z
+          .number()
+          .positive()
+          .max(86_400)
+          .default(1800)
+          .describe('A session with no request for this long is closed; its client must initialize again.'),
       })
       .strict()
-      .default({ host: '127.0.0.1', port: 8808, token_env: 'APPROVAL_GATE_TOKEN', allowed_origins: [] })
+      .default({
+        host: '127.0.0.1',
+        port: 8808,
+        token_env: 'APPROVAL_GATE_TOKEN',
+        allowed_origins: [],
+        max_sessions: 100,
+        session_idle_seconds: 1800,
+      })
       .describe('Streamable HTTP transport (approval-gate serve --http).'),
     executor: z
       .object({

@@ -141,3 +141,148 @@ describe('sessions over HTTP', () => {
     await Promise.all([a.close(), b.close()]);
   });
 });
+
+describe('security: HTTP sessions are bounded', () => {
+  const capSchema = uniqueName('gate_http_cap');
+  const busySchema = uniqueName('gate_http_busy');
+  let capped: HttpServerHandle;
+  let busy: HttpServerHandle;
+  const streams: AbortController[] = [];
+
+  beforeAll(async () => {
+    const capWorkspace = await createWorkspace({
+      ledger_schema: capSchema,
+      http: { max_sessions: 20, session_idle_seconds: 1 },
+    });
+    capped = await serveHttp(capWorkspace.config, silentLogger, { port: 0 });
+    const busyWorkspace = await createWorkspace({
+      ledger_schema: busySchema,
+      http: { max_sessions: 2, session_idle_seconds: 60 },
+    });
+    busy = await serveHttp(busyWorkspace.config, silentLogger, { port: 0 });
+  });
+
+  afterAll(async () => {
+    for (const stream of streams) stream.abort();
+    await capped?.close();
+    await busy?.close();
+    await knex.raw('drop schema if exists ?? cascade', [capSchema]);
+    await knex.raw('drop schema if exists ?? cascade', [busySchema]);
+  });
+
+  const mcpHeaders = {
+    authorization: `Bearer ${TOKEN}`,
+    'content-type': 'application/json',
+    accept: 'application/json, text/event-stream',
+  };
+
+  /** A raw initialize that is never followed up: an abandoned session. */
+  async function openSession(server: HttpServerHandle): Promise<{ status: number; session: string | null }> {
+    const response = await fetch(server.url, { method: 'POST', headers: mcpHeaders, body: initialize });
+    await response.text();
+    return { status: response.status, session: response.headers.get('mcp-session-id') };
+  }
+
+  async function openSessionId(server: HttpServerHandle): Promise<string> {
+    const { status, session } = await openSession(server);
+    expect(status).toBe(200);
+    expect(session).toBeTruthy();
+    return session ?? '';
+  }
+
+  async function listToolsStatus(server: HttpServerHandle, session: string): Promise<number> {
+    const response = await fetch(server.url, {
+      method: 'POST',
+      headers: { ...mcpHeaders, 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }),
+    });
+    await response.text();
+    return response.status;
+  }
+
+  /** A GET SSE stream left open: the session has a request in progress until it is aborted. */
+  async function openStream(server: HttpServerHandle, session: string): Promise<AbortController> {
+    const controller = new AbortController();
+    streams.push(controller);
+    const response = await fetch(server.url, {
+      method: 'GET',
+      headers: {
+        authorization: `Bearer ${TOKEN}`,
+        accept: 'text/event-stream',
+        'mcp-session-id': session,
+        'mcp-protocol-version': '2025-06-18',
+      },
+      signal: controller.signal,
+    });
+    expect(response.status).toBe(200);
+    return controller;
+  }
+
+  async function openSessions(server: HttpServerHandle, count: number, batch: number): Promise<string[]> {
+    const ids: string[] = [];
+    for (let opened = 0; opened < count; opened += batch) {
+      const size = Math.min(batch, count - opened);
+      ids.push(...(await Promise.all(Array.from({ length: size }, () => openSessionId(server)))));
+      expect(server.sessionCount()).toBeLessThanOrEqual(20);
+    }
+    return ids;
+  }
+
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  it('1,000 abandoned sessions never hold more than max_sessions open', async () => {
+    let most = 0;
+    const sampler = setInterval(() => (most = Math.max(most, capped.sessionCount())), 2);
+    try {
+      // Parallel bursts of 15 against a cap of 20: never a full house of busy sessions, so no 503.
+      const ids = await openSessions(capped, 1000, 15);
+      expect(ids).toHaveLength(1000);
+      expect(new Set(ids).size).toBe(1000);
+      expect(capped.sessionCount()).toBeLessThanOrEqual(20);
+      expect(await listToolsStatus(capped, ids[0] ?? '')).toBe(404);
+      expect(await listToolsStatus(capped, ids[999] ?? '')).toBe(200);
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(most).toBeGreaterThan(0);
+    expect(most).toBeLessThanOrEqual(20);
+  });
+
+  it('a session idle longer than session_idle_seconds is closed and answers 404', async () => {
+    const session = await openSessionId(capped);
+    expect(await listToolsStatus(capped, session)).toBe(200);
+    await sleep(2500);
+    expect(await listToolsStatus(capped, session)).toBe(404);
+  });
+
+  it('a session with a request in progress is neither evicted nor expired', async () => {
+    const session = await openSessionId(capped);
+    const stream = await openStream(capped, session);
+    await openSessions(capped, 40, 10);
+    expect(await listToolsStatus(capped, session)).toBe(200);
+    await sleep(2500);
+    expect(await listToolsStatus(capped, session)).toBe(200);
+    stream.abort();
+    await sleep(2500);
+    expect(await listToolsStatus(capped, session)).toBe(404);
+  });
+
+  it('when every session is busy a new initialize gets 503 with Retry-After', async () => {
+    const first = await openSessionId(busy);
+    const second = await openSessionId(busy);
+    const firstStream = await openStream(busy, first);
+    await openStream(busy, second);
+    const response = await fetch(busy.url, { method: 'POST', headers: mcpHeaders, body: initialize });
+    const body = (await response.json()) as { error?: { message?: string } };
+    expect(response.status).toBe(503);
+    expect(response.headers.get('retry-after')).toBe('5');
+    expect(body.error?.message).toBe('Too many MCP sessions are busy (max_sessions 2); retry shortly.');
+    expect(busy.sessionCount()).toBe(2);
+    // Once a stream ends, its session is idle and makes room.
+    firstStream.abort();
+    await sleep(100);
+    expect(await openSessionId(busy)).toBeTruthy();
+    expect(await listToolsStatus(busy, first)).toBe(404);
+    expect(await listToolsStatus(busy, second)).toBe(200);
+  });
+});
