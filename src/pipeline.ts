@@ -370,9 +370,8 @@ export class Pipeline {
     const input = parsed.data;
     // Agent text is hostile: nothing a reviewer cannot see, and a title that stays one line.
     assertOneLine('title', input.title);
-    for (const field of ['title', 'reason', 'migration_file', 'sql', 'rollback_sql'] as const) {
+    for (const field of ['title', 'reason', 'sql', 'rollback_sql'] as const)
       assertVisible(field, input[field]);
-    }
     const environment = this.config.environments[input.environment];
     if (!environment) {
       throw new GateError(
@@ -387,6 +386,7 @@ export class Pipeline {
       );
     }
     const migrationFile = await validateMigrationFile(input.migration_file, this.config);
+    assertVisible('migration_file', migrationFile);
     const analysis = await analyseSql(input.sql);
     assertExecutable(analysis, { dryRun: input.dry_run });
     const findings = this.#assess(analysis);
@@ -497,9 +497,10 @@ export class Pipeline {
       );
     }
     for (const other of await this.#store.listRequestIds()) {
-      const candidate = await this.#store.readRequest(other);
+      // A record or decision that fails its checks can never run, so it cannot hold the rollback slot.
+      const candidate = await this.#store.readRequest(other).catch(() => null);
       if (candidate?.rollback_of !== id) continue;
-      const decision = await this.#store.readDecision(other);
+      const decision = await this.#store.readDecision(other).catch(() => null);
       if (!decision || decision.status === 'APPROVED') {
         throw new GateError(
           'ROLLBACK_ALREADY_REQUESTED',
@@ -525,9 +526,19 @@ export class Pipeline {
   async list(filter: { status?: ApprovalSummary['status'] } = {}): Promise<ApprovalSummary[]> {
     const summaries: ApprovalSummary[] = [];
     for (const id of await this.#store.listRequestIds()) {
-      const request = await this.#store.readRequest(id);
+      let request: ApprovalRequest | null;
+      let decision: Decision | null;
+      try {
+        request = await this.#store.readRequest(id);
+        decision = request && (await this.#store.readDecision(id));
+      } catch (error) {
+        this.#log.warn(
+          { approval_id: id, err: describeError(error) },
+          'not listed: its state fails its checks',
+        );
+        continue;
+      }
       if (!request) continue;
-      const decision = await this.#store.readDecision(id);
       const file = await this.#store.readApprovalFile(id);
       const data = file.kind === 'ok' ? file.parsed.data : {};
       const summary: ApprovalSummary = {
@@ -688,9 +699,20 @@ export class Pipeline {
 
   async #resume(): Promise<void> {
     for (const id of await this.#store.listRequestIds()) {
-      const request = await this.#store.readRequest(id);
+      let request: ApprovalRequest | null;
+      let decision: Decision | null;
+      try {
+        request = await this.#store.readRequest(id);
+        decision = request && (await this.#store.readDecision(id));
+      } catch (error) {
+        // A forged or edited record or decision never runs, and never keeps the server from starting.
+        this.#log.error(
+          { approval_id: id, err: describeError(error) },
+          'not resumed: its state fails its checks',
+        );
+        continue;
+      }
       if (!request) continue;
-      const decision = await this.#store.readDecision(id);
       if (!decision) {
         this.#gate.track(request);
         continue;

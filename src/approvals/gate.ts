@@ -1,6 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
+import { GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
 import type { Logger } from '../log.js';
 import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
@@ -32,6 +33,17 @@ export interface GateOptions {
   readonly autoApproval: (request: ApprovalRequest) => string | null;
   /** Called once per accepted decision, in the instance that recorded it. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
+}
+
+/**
+ * The state directory's answer when a record or decision there was forged or edited: never a
+ * decision, always shown to the human (the agent can write that directory too).
+ */
+function stateProblem(error: unknown): DecisionProblem | null {
+  return error instanceof GateError &&
+    ['RECORD_TAMPERED', 'RECORD_CORRUPT', 'DECISION_NOT_BOUND', 'DECISION_CORRUPT'].includes(error.code)
+    ? { code: error.code, message: error.message }
+    : null;
 }
 
 /** Re-reads of a file that failed to parse: editors that write in place can be caught mid-save. */
@@ -100,9 +112,18 @@ export class Gate {
         if (this.#tracked.has(id)) {
           void this.check(id);
         } else if (!this.#settled.has(id)) {
-          const request = await store.readRequest(id);
-          if (request && !(await store.readDecision(id))) this.track(request);
-          else this.#settled.add(id);
+          try {
+            const request = await store.readRequest(id);
+            if (request && !(await store.readDecision(id))) this.track(request);
+            else this.#settled.add(id);
+          } catch (error) {
+            // A forged record or decision never runs; say so once and look at the next one.
+            this.#settled.add(id);
+            log.error(
+              { approval_id: id, err: error instanceof Error ? error.message : String(error) },
+              'request skipped',
+            );
+          }
         }
       }
     } catch (error) {
@@ -180,7 +201,17 @@ export class Gate {
     const { store, clock, log } = this.#options;
     const { request } = tracked;
     const now = clock();
-    const standing = await store.readDecision(request.id);
+    let standing: Decision | null;
+    try {
+      standing = await store.readDecision(request.id);
+    } catch (error) {
+      const problem = stateProblem(error);
+      if (!problem) throw error;
+      this.#setProblem(tracked, problem);
+      const file = await store.readApprovalFile(request.id);
+      if (file.kind === 'ok') await this.#showProblem(request.id, problem, file.parsed.data.gate_error);
+      return;
+    }
     if (standing) {
       // Decided already: by an instance that shares the state directory, or by this one before a
       // restart. Hand it on anyway; execution is idempotent (the ledger), and if the instance that
@@ -340,7 +371,18 @@ export class Gate {
       const file = await store.readApprovalFile(id);
       if (file.kind !== 'ok') return;
       const status = file.parsed.data.status;
-      const request = await store.readRequest(id);
+      let request: ApprovalRequest | null;
+      try {
+        request = await store.readRequest(id);
+      } catch (error) {
+        const problem = stateProblem(error);
+        if (!problem) throw error;
+        if (this.#untrackedProblems.get(id)?.message !== problem.message)
+          log.error({ approval_id: id, code: problem.code }, problem.message);
+        this.#untrackedProblems.set(id, problem);
+        await this.#showProblem(id, problem, file.parsed.data.gate_error);
+        return;
+      }
       let problem: DecisionProblem | null = null;
       if (!request) {
         if (status === 'PENDING') return;
@@ -349,7 +391,16 @@ export class Gate {
           message: `This server never issued ${id}; a decision in this file is ignored and nothing runs.`,
         };
       } else {
-        const decision = await store.readDecision(id);
+        let decision: Decision | null;
+        try {
+          decision = await store.readDecision(id);
+        } catch (error) {
+          const bound = stateProblem(error);
+          if (!bound) throw error;
+          this.#untrackedProblems.set(id, bound);
+          await this.#showProblem(id, bound, file.parsed.data.gate_error);
+          return;
+        }
         if (!decision) {
           // Requested by another process (a second instance, or the CLI): this instance watches it too.
           this.track(request);

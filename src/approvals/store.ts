@@ -195,7 +195,8 @@ export class ApprovalStore {
       throw new GateError(
         'DECISION_NOT_BOUND',
         `The recorded decision of ${id} was made about ${decision.approval_id} (${decision.request_hash}), not about ` +
-          `this request; it does not count and nothing runs on it.`,
+          `this request (copied from another request?); it does not count and nothing runs on it. ` +
+          `Remove ${path.join(this.#decisions, `${id}.json`)} to let a human decide.`,
         { context: { approvalId: id } },
       );
     }
