@@ -1,4 +1,4 @@
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +15,7 @@ let knex: Knex;
 let workspace: Workspace;
 let pipeline: Pipeline;
 const ledgerSchema = uniqueName('gate_pipeline');
+const replayTable = uniqueName('replay');
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
@@ -259,6 +260,71 @@ describe('backup_before on the real server', () => {
       await waitForFileText(pipeline.filePath(request.id), (text) => text.includes('Backup (pg_dump)'));
     } finally {
       await knex.schema.dropTableIfExists(table);
+    }
+  });
+});
+
+describe('security: a decision and a record are bound to one request', () => {
+  const stateDir = () => workspace.config.stateDir;
+  const twin = (value: number) => ({
+    environment: 'staging',
+    database: 'main_db',
+    sql: `INSERT INTO ${replayTable} VALUES (${value})`,
+    title: 'Twin requests',
+    reason: 'Two requests with identical SQL, to prove a decision never moves between them.',
+  });
+  const rows = async (value: number) =>
+    Number((await knex(replayTable).where({ v: value }).count<{ count: string }[]>('* as count'))[0]?.count);
+
+  beforeAll(async () => {
+    await knex.schema.createTable(replayTable, (t) => t.integer('v'));
+  });
+  afterAll(async () => {
+    await knex.schema.dropTableIfExists(replayTable);
+  });
+
+  it('a decision copied onto a twin request with identical SQL does not run it again', async () => {
+    const { request: first } = await pipeline.submit(twin(1));
+    const { request: second } = await pipeline.submit(twin(1));
+    expect(second.request_hash).toBe(first.request_hash);
+    await decideInFile(pipeline.filePath(first.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+    expect((await pipeline.waitForFinal(first.id, { timeoutMs: 15_000, tickMs: 50 })).execution).toBe(
+      'succeeded',
+    );
+    // The agent, as the same OS user, copies the recorded decision onto the twin.
+    await copyFile(
+      path.join(stateDir(), 'decisions', `${first.id}.json`),
+      path.join(stateDir(), 'decisions', `${second.id}.json`),
+    );
+    await pipeline.problemOf(second.id);
+    await expect(pipeline.status(second.id)).rejects.toMatchObject({ code: 'DECISION_NOT_BOUND' });
+    // The gate tells the human in the file, and nothing ran a second time.
+    await waitForFileText(pipeline.filePath(second.id), (text) => text.includes('DECISION_NOT_BOUND'));
+    expect(await rows(1)).toBe(1);
+  });
+
+  it('a record edited after the request (hash kept) never runs, and the server still starts', async () => {
+    const { request } = await pipeline.submit(twin(7));
+    const recordFile = path.join(stateDir(), 'records', `${request.id}.json`);
+    const record = JSON.parse(await readFile(recordFile, 'utf8')) as { command: { sql: string } };
+    record.command.sql = `INSERT INTO ${replayTable} VALUES (666)`;
+    await writeFile(recordFile, JSON.stringify(record));
+    // The file is forged to match, so the file-versus-record check alone would pass.
+    const file = pipeline.filePath(request.id);
+    await writeFile(file, (await readFile(file, 'utf8')).replaceAll('VALUES (7)', 'VALUES (666)'));
+    const restarted = await Pipeline.open(workspace.config, {
+      log: silentLogger,
+      env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+    });
+    try {
+      await expect(restarted.status(request.id)).rejects.toMatchObject({ code: 'RECORD_TAMPERED' });
+      await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      await waitForFileText(file, (text) => text.includes('RECORD_TAMPERED'));
+      expect(await rows(666)).toBe(0);
+      expect(await rows(7)).toBe(0);
+      expect((await restarted.list()).map((s) => s.approval_id)).not.toContain(request.id);
+    } finally {
+      await restarted.close();
     }
   });
 });
