@@ -24,7 +24,13 @@ import { analyseSql, assertExecutable, relationsOf, type Analysis } from './migr
 import { dumpTables, existingTables, pgDumpAvailable } from './migration/backup.js';
 import { describeRelations, type RelationFacts } from './migration/catalog.js';
 import { Executor, type MigrationJob } from './migration/execute.js';
-import { assessRisks, RISK_TITLES, type RiskFinding } from './migration/risks.js';
+import {
+  assertDryRunIsDry,
+  assessRisks,
+  escapesTransaction,
+  RISK_TITLES,
+  type RiskFinding,
+} from './migration/risks.js';
 import type { ExecutionResult } from './migration/result.js';
 import { crashPoint } from './faults.js';
 import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
@@ -185,8 +191,24 @@ async function validateMigrationFile(file: string | undefined, config: Config): 
   return normalised;
 }
 
-/** One sentence on what an execution did to the database, for the file and the agent. */
-export function summariseResult(result: ExecutionResult): string {
+/**
+ * One sentence on what an execution did to the database, for the file and the agent. `findings`
+ * tell which statements may have had effects no rollback undoes (COPY … PROGRAM, dblink, …), so a
+ * rolled-back failure never claims that nothing happened when something may have.
+ */
+export function summariseResult(result: ExecutionResult, findings: readonly RiskFinding[] = []): string {
+  const reached = result.error?.statement ?? Number.POSITIVE_INFINITY;
+  const escaped = [
+    ...new Set(
+      findings
+        .filter((f) => escapesTransaction(f) && f.statement !== null && f.statement <= reached)
+        .map((f) => `${f.statement} (${RISK_TITLES[f.code]})`),
+    ),
+  ];
+  const outside =
+    escaped.length > 0
+      ? ` But statement${escaped.length === 1 ? '' : 's'} ${escaped.join(', ')} ran and may have had effects outside the transaction that no rollback undoes.`
+      : '';
   const applied = result.statements.map((s) => s.statement).join(', ');
   switch (result.state) {
     case 'succeeded':
@@ -203,11 +225,11 @@ export function summariseResult(result: ExecutionResult): string {
             : rehearsal?.state === 'not_provided'
               ? ' No rollback SQL was provided to rehearse.'
               : '';
-      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.${rollback}`;
+      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.${rollback}${outside}`;
     }
     case 'failed':
       return result.transactional
-        ? 'Failed; the transaction was rolled back and nothing changed.'
+        ? `Failed; the transaction was rolled back${outside ? '.' : ' and nothing changed.'}${outside}`
         : `Failed at statement ${result.error?.statement ?? '?'}, outside a transaction: ${applied ? `statements ${applied} took effect and stay applied` : 'no statement took effect'}.`;
     case 'unknown':
       return `Outcome UNKNOWN. ${result.error?.message ?? ''}${applied ? ` Statements ${applied} took effect.` : ''}`;
@@ -388,8 +410,10 @@ export class Pipeline {
     const migrationFile = await validateMigrationFile(input.migration_file, this.config);
     assertVisible('migration_file', migrationFile);
     const analysis = await analyseSql(input.sql);
-    assertExecutable(analysis, { dryRun: input.dry_run });
+    const gateSchemas = [this.config.ledger_schema, `${this.config.ledger_schema}_backup`];
+    assertExecutable(analysis, { dryRun: input.dry_run, gateSchemas });
     const findings = this.#assess(analysis);
+    assertDryRunIsDry(findings, { dryRun: input.dry_run });
     const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
     if (refused.length > 0) {
       throw new GateError(
@@ -405,9 +429,19 @@ export class Pipeline {
       ? 2
       : 1;
     if (input.rollback_sql !== undefined) {
-      await analyseSql(input.rollback_sql).catch((error: unknown) => {
+      const rollback = await analyseSql(input.rollback_sql).catch((error: unknown) => {
         throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
       });
+      // A dry run rehearses the rollback SQL too: it must be as executable and as dry as the SQL.
+      if (input.dry_run) {
+        try {
+          assertExecutable(rollback, { dryRun: true, gateSchemas });
+          assertDryRunIsDry(this.#assess(rollback), { dryRun: true });
+        } catch (error) {
+          if (error instanceof GateError) throw new GateError(error.code, `rollback_sql: ${error.message}`);
+          throw error;
+        }
+      }
     }
     // Refuse now, not after a human has spent time, when the target cannot be reached.
     const target = this.#target(input.database);
@@ -851,6 +885,7 @@ export class Pipeline {
     });
     let result: ExecutionResult;
     let ranHere: boolean;
+    let findings: RiskFinding[] = [];
     try {
       // From the canonical record, never from the file; its hash recomputed, and the decision bound
       // to this id and this hash (a decision about a twin request with the same SQL does not count).
@@ -867,7 +902,7 @@ export class Pipeline {
         );
       }
       const analysis = await analyseSql(command.sql);
-      const findings = this.#assess(analysis);
+      findings = this.#assess(analysis);
       ({ result, ranHere } = await this.#target(command.database).executor.run(
         {
           approvalId: id,
@@ -954,7 +989,7 @@ export class Pipeline {
       request_hash: request.request_hash,
       detail: `${result.state} in ${result.duration_ms} ms by ${result.executed_by}${result.error ? `: ${result.error.message}` : ''}`,
     });
-    const summary = summariseResult(result);
+    const summary = summariseResult(result, findings);
     const details = [
       ...result.statements.map(
         (s) =>

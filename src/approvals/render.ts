@@ -1,5 +1,6 @@
 import { Document, Scalar, YAMLMap } from 'yaml';
 import { stringifyFrontMatter } from './frontmatter.js';
+import { codeBlock, codeText, inlineCode, plainText, replaceInvisible, tableCell } from './markdown.js';
 import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
@@ -32,17 +33,18 @@ export const PLACEHOLDERS = {
 
 export const RESULT_MARKER = '<!-- approval-gate: outcome -->';
 
-function fence(language: string, text: string): string {
-  const longest = Math.max(2, ...[...text.matchAll(/`+/g)].map((m) => m[0].length));
-  const ticks = '`'.repeat(longest + 1);
-  return `${ticks}${language}\n${text.replace(/\n$/, '')}\n${ticks}`;
-}
-
+/**
+ * A block literal shows SQL as it is. YAML escapes C0 controls itself (falling back to a
+ * double-quoted string), but not C1 controls, bidirectional overrides or line separators: text
+ * holding those stays double-quoted and they are written as `\uXXXX` escapes (see below).
+ */
 function blockScalar(value: string): Scalar {
   const node = new Scalar(value);
-  node.type = Scalar.BLOCK_LITERAL;
+  if (codeText(value) === value) node.type = Scalar.BLOCK_LITERAL;
   return node;
 }
+
+const hasInvisible = (value: string | null) => value !== null && codeText(value) !== value;
 
 /**
  * The Execution Command block: the exact parameters the server will run, as YAML. The tamper check
@@ -60,7 +62,21 @@ export function renderExecutionCommand(request: ApprovalRequest, serverName: str
   parameters.set('backup_before', command.backup_before);
   const document = new Document({ mcp_server: serverName, method: 'execute_migration' });
   (document.contents as YAMLMap).set('parameters', parameters);
-  return document.toString({ defaultStringType: 'QUOTE_DOUBLE', defaultKeyType: 'PLAIN', lineWidth: 0 });
+  const yaml = document.toString({
+    defaultStringType: 'QUOTE_DOUBLE',
+    defaultKeyType: 'PLAIN',
+    lineWidth: 0,
+  });
+  const values = [
+    command.environment,
+    command.database,
+    command.migration_file,
+    command.sql,
+    command.rollback_sql,
+  ];
+  if (!values.some(hasInvisible)) return yaml;
+  // Every string value is double-quoted here (keys are constants), where `\uXXXX` is a valid escape.
+  return replaceInvisible(yaml, (hex) => `\\u${hex}`);
 }
 
 function minutesBetween(from: string, to: string): number {
@@ -77,9 +93,9 @@ function findingsList(findings: readonly RiskFinding[]): string {
     .sort((a, b) => order[a.severity] - order[b.severity])
     .map((f, i) =>
       [
-        `${i + 1}. **${SEVERITY_LABEL[f.severity]}: ${RISK_TITLES[f.code]}** (${f.statement === null ? 'whole migration' : `statement ${f.statement}`}${f.lock ? `; lock: ${f.lock}` : ''})`,
-        `   - ${f.message}`,
-        ...(f.safer ? [`   - Safer: ${f.safer}`] : []),
+        `${i + 1}. **${SEVERITY_LABEL[f.severity]}: ${plainText(RISK_TITLES[f.code])}** (${f.statement === null ? 'whole migration' : `statement ${f.statement}`}${f.lock ? `; lock: ${plainText(f.lock)}` : ''})`,
+        `   - ${plainText(f.message)}`,
+        ...(f.safer ? [`   - Safer: ${plainText(f.safer)}`] : []),
       ].join('\n'),
     )
     .join('\n');
@@ -89,8 +105,8 @@ function impactTable(impact: readonly RelationFacts[]): string {
   if (impact.length === 0) return '_The statements name no table._';
   const rows = impact.map((f) =>
     f.exists
-      ? `| \`${f.name}\` | ${f.kind ?? 'yes'} | ${f.estimated_rows === null ? 'unknown (never analysed)' : `~${f.estimated_rows.toLocaleString('en-US')}`} | ${f.total_bytes === null ? '—' : formatBytes(f.total_bytes)} | ${f.indexes ?? '—'} |`
-      : `| \`${f.name}\` | **does not exist** | — | — | — |`,
+      ? `| ${tableCell(f.name)} | ${plainText(f.kind ?? 'yes')} | ${f.estimated_rows === null ? 'unknown (never analysed)' : `~${plainText(f.estimated_rows.toLocaleString('en-US'))}`} | ${f.total_bytes === null ? '—' : plainText(formatBytes(f.total_bytes))} | ${f.indexes === null ? '—' : plainText(String(f.indexes))} |`
+      : `| ${tableCell(f.name)} | **does not exist** | — | — | — |`,
   );
   return [
     '| Relation | Exists | Rows (estimate) | Total size | Indexes |',
@@ -102,7 +118,7 @@ function impactTable(impact: readonly RelationFacts[]): string {
 function statementTable(statements: readonly StatementSummary[]): string {
   const rows = statements.map(
     (s, i) =>
-      `| ${i + 1} | ${s.kind.replace(/Stmt$/, '')} | ${s.relations.length > 0 ? s.relations.map((r) => `\`${r}\``).join(', ') : '—'} | ${s.transactional ? 'yes' : 'NO'} |`,
+      `| ${i + 1} | ${plainText(s.kind.replace(/Stmt$/, ''))} | ${s.relations.length > 0 ? s.relations.map(tableCell).join(', ') : '—'} | ${s.transactional ? 'yes' : 'NO'} |`,
   );
   return ['| # | Statement | Relations | In transaction |', '|---|---|---|---|', ...rows].join('\n');
 }
@@ -136,37 +152,37 @@ export function renderApprovalFile(request: ApprovalRequest, context: RenderCont
     reason: '',
   });
   const rollback = command.rollback_sql
-    ? fence('sql', command.rollback_sql)
+    ? codeBlock('sql', command.rollback_sql)
     : '_No rollback SQL was provided: undoing this change would need new SQL written by hand._';
 
   return `---
 ${frontMatter}---
 
-# Approval Request: ${request.title}
+# Approval Request: ${plainText(request.title)}
 
 ## Proposed Action
 
 **Type:** api_call (database migration)
-**Target:** ${command.environment} environment, database \`${command.database}\`${relations.length > 0 ? ` (${relations.map((r) => `\`${r}\``).join(', ')})` : ''}
-**Requested By:** ${request.requested_by}${request.rollback_of ? `\n**Rolls Back:** ${request.rollback_of} (its recorded rollback SQL)` : ''}
+**Target:** ${plainText(command.environment)} environment, database ${inlineCode(command.database)}${relations.length > 0 ? ` (${relations.map(inlineCode).join(', ')})` : ''}
+**Requested By:** ${plainText(request.requested_by)}${request.rollback_of ? `\n**Rolls Back:** ${plainText(request.rollback_of)} (its recorded rollback SQL)` : ''}
 **Mode:** ${command.dry_run ? 'dry run (rolled back)' : stepByStep ? 'execute step by step, each statement committed on its own' : 'execute and commit in one transaction'}
 
 ### Action Details
 
-${request.title}. ${mode}
+${plainText(request.title)}. ${mode}
 
 ### Execution Command
 
 This block is what the server will run. It keeps its own copy of it; editing the SQL here does not
 change what runs.
 
-${fence('yaml', renderExecutionCommand(request, context.serverName))}
+${codeBlock('yaml', renderExecutionCommand(request, context.serverName))}
 
 ## Reasoning
 
 ### Context
 
-${request.reason}
+${codeBlock('text', request.reason)}
 
 ### Why This Action?
 
@@ -182,9 +198,9 @@ ${statementTable(context.statements)}
 
 ### Impact Assessment
 
-- **Impact Level:** ${request.priority}
+- **Impact Level:** ${plainText(request.priority)}
 - **Reversibility:** ${command.rollback_sql ? 'reversible (rollback SQL provided; it runs only through a new approval)' : 'NOT reversible by script (no rollback SQL provided)'}
-- **Scope:** ${command.environment} / ${command.database}
+- **Scope:** ${plainText(command.environment)} / ${plainText(command.database)}
 - **Backup before execution:** ${command.backup_before ? (command.dry_run ? 'requested, but not needed for a dry run' : 'requested: the tables named are dumped with pg_dump (or copied inside the database) before anything runs; if that fails, nothing runs') : 'not requested'}
 
 ### Potential Risks
@@ -196,8 +212,8 @@ ${findingsList(context.findings)}
 
 ### Safeguards
 
-- Runs only after a valid human decision in this file, before ${request.expires_at}.
-- Runs from the server's own record of this request (hash \`${request.request_hash}\`), never from text re-read from this file.
+- Runs only after a valid human decision in this file, before ${plainText(request.expires_at)}.
+- Runs from the server's own record of this request (hash ${inlineCode(request.request_hash)}), never from text re-read from this file.
 ${
   stepByStep
     ? `- Runs at most once: each statement is recorded in the ledger as started before it runs and as done after it; after a crash in between, the outcome is reported as unknown and never retried.
@@ -209,12 +225,12 @@ ${
 ## Compliance & Policy
 
 - **Approval Authority Required:** ${request.approvals_required === 2 ? '**two different humans** (the environment policy asks for two approvers for a risk found below): `decided_by` and `second_approver`' : 'human'}
-- **Self-approval:** not accepted (\`decided_by\` must not be \`${request.requested_by}\`)
+- **Self-approval:** not accepted (\`decided_by\` must not be ${inlineCode(request.requested_by)})
 
 ## Preview
 
 ### Migration SQL
-${fence('sql', command.sql)}
+${codeBlock('sql', command.sql)}
 
 ### Rollback SQL
 ${rollback}
@@ -225,8 +241,8 @@ its reasoning above; row counts are the planner's estimates, not exact counts):
 
 ${impactTable(context.impact)}
 
-- **Affected Relations:** ${relations.length > 0 ? relations.map((r) => `\`${r}\``).join(', ') : 'none named'}
-- **Statements:** ${context.statements.length}${command.migration_file ? `\n- **Migration File:** \`${command.migration_file}\`` : ''}
+- **Affected Relations:** ${relations.length > 0 ? relations.map(inlineCode).join(', ') : 'none named'}
+- **Statements:** ${context.statements.length}${command.migration_file ? `\n- **Migration File:** ${inlineCode(command.migration_file)}` : ''}
 
 ## Approval Decision
 
@@ -244,21 +260,21 @@ ${impactTable(context.impact)}
 - The agent is told your reason
 
 ### If EXPIRED:
-- At ${request.expires_at} (${minutes} minutes after the request) an undecided request expires, by the server's clock
+- At ${plainText(request.expires_at)} (${minutes} minutes after the request) an undecided request expires, by the server's clock
 - Nothing runs; the agent must submit a new request if still needed
 
 ---
 
 ## Human Instructions
 
-**⚠️ ${command.environment.toUpperCase()} database change (${request.priority} priority)**
+**⚠️ ${plainText(command.environment.toUpperCase())} database change (${plainText(request.priority)} priority)**
 
 Decide in the front matter at the top of this file (the Status line above is only a display).
 
 **To approve this action:**
 1. Review the Migration SQL and the Expected Outcome table
 2. Change \`status: "PENDING"\` to \`status: "APPROVED"\` (exactly, in capitals)
-3. Fill in your name: \`decided_by: "Your Name"\` (not \`${request.requested_by}\`)${request.approvals_required === 2 ? '\n   and a second person\'s: `second_approver: "Another Name"` (two approvers are required)' : ''}
+3. Fill in your name: \`decided_by: "Your Name"\` (not ${inlineCode(request.requested_by)})${request.approvals_required === 2 ? '\n   and a second person\'s: `second_approver: "Another Name"` (two approvers are required)' : ''}
 4. Optionally fill in \`decided_at\`; the server records its own time of your decision
 5. Save the file
 
@@ -268,7 +284,7 @@ Decide in the front matter at the top of this file (the Status line above is onl
 3. **REQUIRED:** give a reason in \`reason: "…"\` or on the **Comments:** line above
 4. Save the file
 
-**Note:** Decisions after ${request.expires_at} are not accepted. The server notices a save within
+**Note:** Decisions after ${plainText(request.expires_at)} are not accepted. The server notices a save within
 milliseconds; a decision it cannot accept (a typo in the status, a missing name or reason) executes
 nothing and is explained in \`gate_error\` in the front matter, so you can correct it and save again.
 `;
@@ -288,9 +304,9 @@ export function renderOutcomeSection(outcome: OutcomeSection): string {
     RESULT_MARKER,
     '## Outcome',
     '',
-    `**Decision:** ${decision.status}${decision.decided_by ? ` by ${decision.decided_by}` : ' (by the server clock)'} at ${decision.decided_at}`,
-    `**Result:** ${outcome.summary}`,
-    ...outcome.details.map((line) => `- ${line}`),
+    `**Decision:** ${plainText(decision.status)}${decision.decided_by ? ` by ${plainText(decision.decided_by)}` : ' (by the server clock)'} at ${plainText(decision.decided_at)}`,
+    `**Result:** ${plainText(outcome.summary)}`,
+    ...outcome.details.map((line) => `- ${plainText(line)}`),
     '',
   ];
   return lines.join('\n');

@@ -1,4 +1,7 @@
+import MarkdownIt from 'markdown-it';
+import type { Token } from 'markdown-it';
 import { parseDocument } from 'yaml';
+import { codeText } from './markdown.js';
 import type { ApprovalRequest } from './request.js';
 
 /**
@@ -13,30 +16,47 @@ export interface TamperFinding {
   readonly message: string;
 }
 
-/** The content of the first fenced block under `heading`, before the next heading of any level ≤ 3. */
-export function fencedBlockUnder(body: string, heading: string): string | null {
-  const lines = body.split('\n');
-  const start = lines.findIndex((line) => line.trim() === heading);
-  if (start === -1) return null;
-  for (let i = start + 1; i < lines.length; i += 1) {
-    const line = lines[i] ?? '';
-    if (/^#{1,3} /.test(line)) return null;
-    const open = /^(`{3,})[\w-]*\s*$/.exec(line);
-    if (!open) continue;
-    const ticks = open[1] ?? '```';
-    const end = lines.findIndex((l, j) => j > i && l.trimEnd() === ticks);
-    return end === -1 ? null : lines.slice(i + 1, end).join('\n');
-  }
-  return null;
+// CommonMark as editors' previews read it, with raw HTML recognised: a heading or fence inside an
+// HTML block (a comment, say) is not shown, so it must not count as shown.
+const markdown = new MarkdownIt('commonmark', { html: true }).enable('table');
+
+const SERVER_HEADINGS = ['Execution Command', 'Migration SQL', 'Rollback SQL'] as const;
+type ServerHeading = (typeof SERVER_HEADINGS)[number];
+
+const isSectionBreak = (token: Token) =>
+  token.type === 'heading_open' && ['h1', 'h2', 'h3'].includes(token.tag);
+
+/** Where each server heading appears as a real level-3 heading token (not text in a fence or HTML). */
+function headingPositions(tokens: readonly Token[], heading: string): number[] {
+  const positions: number[] = [];
+  tokens.forEach((token, i) => {
+    if (token.type === 'heading_open' && token.tag === 'h3' && tokens[i + 1]?.content.trim() === heading)
+      positions.push(i);
+  });
+  return positions;
 }
 
-/** The text under `heading` up to the next heading, for the "no rollback" sentence. */
-function sectionText(body: string, heading: string): string | null {
-  const lines = body.split('\n');
-  const start = lines.findIndex((line) => line.trim() === heading);
-  if (start === -1) return null;
-  const end = lines.findIndex((line, j) => j > start && /^#{1,3} /.test(line));
-  return lines.slice(start + 1, end === -1 ? undefined : end).join('\n');
+/** The block tokens after the heading at `start`, up to the next h1–h3 heading. */
+function sectionTokens(tokens: readonly Token[], start: number): Token[] {
+  const rest = tokens.slice(start + 3);
+  const end = rest.findIndex(isSectionBreak);
+  return end === -1 ? rest : rest.slice(0, end);
+}
+
+function fenceIn(section: readonly Token[]): string | null {
+  const fence = section.find((token) => token.type === 'fence');
+  return fence === undefined ? null : fence.content.replace(/\n$/, '');
+}
+
+/**
+ * The content of the first fenced block under the one real `### <heading>` heading, before the next
+ * h1–h3 heading; null when there is no such block, or the heading is missing or appears twice.
+ */
+export function fencedBlockUnder(body: string, heading: string): string | null {
+  const tokens = markdown.parse(body, {});
+  const positions = headingPositions(tokens, heading.replace(/^### /, ''));
+  const [only] = positions;
+  return positions.length === 1 && only !== undefined ? fenceIn(sectionTokens(tokens, only)) : null;
 }
 
 const normaliseEol = (text: string) => text.replace(/\r\n?/g, '\n').replace(/\n+$/, '');
@@ -91,7 +111,25 @@ export function findTampering(
       };
     }
   }
-  const block = fencedBlockUnder(body, '### Execution Command');
+  const tokens = markdown.parse(body, {});
+  const sections = new Map<ServerHeading, Token[]>();
+  let rollbackStart: number | null = null;
+  for (const heading of SERVER_HEADINGS) {
+    const positions = headingPositions(tokens, heading);
+    const [only] = positions;
+    if (positions.length !== 1 || only === undefined) {
+      return {
+        code: heading === 'Execution Command' ? 'COMMAND_TAMPERED' : 'PREVIEW_TAMPERED',
+        message:
+          positions.length === 0
+            ? `The "### ${heading}" heading is missing (a heading hidden in an HTML comment or a code block does not count).`
+            : `The "### ${heading}" heading appears ${positions.length} times; the file must show exactly one.`,
+      };
+    }
+    sections.set(heading, sectionTokens(tokens, only));
+    if (heading === 'Rollback SQL') rollbackStart = only;
+  }
+  const block = fenceIn(sections.get('Execution Command') ?? []);
   const differing = block === null ? null : differingParameters(block, request);
   if (differing === null) {
     return {
@@ -105,8 +143,18 @@ export function findTampering(
       message: `The Execution Command block was edited after the request (${differing.join(', ')} differ from the server's record).`,
     };
   }
-  const preview = fencedBlockUnder(body, '### Migration SQL');
-  if (preview === null || normaliseEol(preview) !== normaliseEol(command.sql)) {
+  // The server writes raw HTML only after the Preview (the outcome marker); before that, an HTML
+  // block could hide the server's sections from a preview while leaving them in the text.
+  const rollbackSection = sections.get('Rollback SQL') ?? [];
+  const previewEnd = (rollbackStart ?? 0) + 3 + rollbackSection.length;
+  if (tokens.slice(0, previewEnd).some((token) => token.type === 'html_block')) {
+    return {
+      code: 'PREVIEW_TAMPERED',
+      message: 'The file contains raw HTML that can hide sections (before the end of the Preview).',
+    };
+  }
+  const preview = fenceIn(sections.get('Migration SQL') ?? []);
+  if (preview === null || normaliseEol(preview) !== normaliseEol(codeText(command.sql))) {
     return {
       code: 'PREVIEW_TAMPERED',
       message: "The Preview's Migration SQL differs from the SQL that would run.",
@@ -114,8 +162,10 @@ export function findTampering(
   }
   const rollbackShown =
     command.rollback_sql === null
-      ? (sectionText(body, '### Rollback SQL') ?? '').includes('No rollback SQL was provided')
-      : normaliseEol(fencedBlockUnder(body, '### Rollback SQL') ?? '') === normaliseEol(command.rollback_sql);
+      ? rollbackSection.some(
+          (token) => token.type === 'inline' && token.content.includes('No rollback SQL was provided'),
+        )
+      : normaliseEol(fenceIn(rollbackSection) ?? '') === normaliseEol(codeText(command.rollback_sql));
   if (!rollbackShown) {
     return {
       code: 'PREVIEW_TAMPERED',

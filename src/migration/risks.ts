@@ -1,5 +1,7 @@
 import { z } from 'zod';
+import { GateError } from '../errors.js';
 import type { AnalysedStatement } from './analyse.js';
+import { executedSites, sideEffectsOf, viaPrefix } from './side-effects.js';
 
 /**
  * What each statement will really do to a live database: the lock it takes, whether it rewrites or
@@ -26,6 +28,17 @@ export const RISK_CODES = [
   'DELETE_WITHOUT_WHERE',
   'TIMEOUT_OVERRIDE',
   'LOCK_TIMEOUT_ENFORCED',
+  'COPY_PROGRAM',
+  'COPY_SERVER_FILE',
+  'REMOTE_SQL',
+  'SESSION_SIGNAL',
+  'SERVER_FILE_ACCESS',
+  'SERVER_ADMIN',
+  'DATABASE_DDL',
+  'TABLESPACE_DDL',
+  'ROLE_DDL',
+  'DYNAMIC_SQL',
+  'UNANALYSED_CODE',
 ] as const;
 export type RiskCode = (typeof RISK_CODES)[number];
 
@@ -49,7 +62,50 @@ export const RISK_TITLES: Readonly<Record<RiskCode, string>> = {
   DELETE_WITHOUT_WHERE: 'DELETE of every row',
   TIMEOUT_OVERRIDE: "SQL overrides the gate's timeout",
   LOCK_TIMEOUT_ENFORCED: 'Lock waits are bounded',
+  COPY_PROGRAM: 'COPY runs an operating-system command',
+  COPY_SERVER_FILE: 'COPY reads or writes a server file',
+  REMOTE_SQL: 'SQL sent over another connection',
+  SESSION_SIGNAL: 'Other sessions cancelled or ended',
+  SERVER_FILE_ACCESS: "Server's file system accessed",
+  SERVER_ADMIN: 'Server-wide administration',
+  DATABASE_DDL: 'Database created, dropped or altered',
+  TABLESPACE_DDL: 'Tablespace changed',
+  ROLE_DDL: 'Roles changed on the whole server',
+  DYNAMIC_SQL: 'SQL built at run time',
+  UNANALYSED_CODE: 'Code the gate cannot analyse',
 };
+
+/**
+ * Findings whose effects a rollback may not undo, or cannot be known: an OS command, a file, another
+ * connection, another session, the server's configuration, databases and tablespaces, code nobody
+ * can read. After a rolled-back failure the result names the statements with one of these.
+ */
+export const OUTSIDE_TRANSACTION_CODES: ReadonlySet<RiskCode> = new Set<RiskCode>([
+  'COPY_PROGRAM',
+  'COPY_SERVER_FILE',
+  'REMOTE_SQL',
+  'SESSION_SIGNAL',
+  'SERVER_FILE_ACCESS',
+  'SERVER_ADMIN',
+  'DATABASE_DDL',
+  'TABLESPACE_DDL',
+  'DYNAMIC_SQL',
+  'UNANALYSED_CODE',
+]);
+
+/**
+ * What a dry run refuses: everything above, and role changes, which Postgres does roll back but which
+ * are cluster-wide (a dry run is meant to touch nothing beyond a rolled-back transaction here).
+ */
+export const DRY_RUN_REFUSED_CODES: ReadonlySet<RiskCode> = new Set<RiskCode>([
+  ...OUTSIDE_TRANSACTION_CODES,
+  'ROLE_DDL',
+]);
+
+/** True when the finding's effects may survive the migration's rollback (see OUTSIDE_TRANSACTION_CODES). */
+export function escapesTransaction(finding: Pick<RiskFinding, 'code'>): boolean {
+  return OUTSIDE_TRANSACTION_CODES.has(finding.code);
+}
 
 export const RiskFinding = z.object({
   statement: z
@@ -131,10 +187,16 @@ interface Context {
   /** Tables created earlier in this migration: empty, so their locks and scans cost nothing. */
   readonly created: ReadonlySet<string>;
   readonly findings: RiskFinding[];
+  /** Where nested SQL runs ("Inside the DO block: "), prefixed to each message; '' at top level. */
+  readonly prefix: string;
 }
 
 function add(ctx: Context, finding: Omit<RiskFinding, 'statement'>): void {
-  ctx.findings.push({ statement: ctx.statement.index + 1, ...finding });
+  ctx.findings.push({
+    statement: ctx.statement.index + 1,
+    ...finding,
+    message: `${ctx.prefix}${finding.message}`,
+  });
 }
 
 function analyseAddColumn(ctx: Context, table: string, column: Node): void {
@@ -344,17 +406,6 @@ function analyseStatement(ctx: Context): void {
         });
       }
       return;
-    case 'VariableSetStmt':
-      if (node.name === 'lock_timeout' || node.name === 'statement_timeout') {
-        add(ctx, {
-          code: 'TIMEOUT_OVERRIDE',
-          severity: 'danger',
-          lock: null,
-          message: `The SQL sets ${node.name} itself, overriding the gate's safety timeout for the statements after it.`,
-          safer: `Remove the SET ${node.name}; the gate's executor sets it (configure executor.${node.name}_ms).`,
-        });
-      }
-      return;
     default:
       return;
   }
@@ -369,8 +420,23 @@ export function assessRisks(
 ): RiskFinding[] {
   const findings: RiskFinding[] = [];
   const created = new Set<string>();
-  for (const statement of statements) {
-    analyseStatement({ statement, created, findings });
+  const sites = executedSites(statements);
+  // Nested SQL (DO blocks, called functions) gets the same rules, attributed to the statement running it.
+  for (const site of sites) {
+    const prefix = viaPrefix(site.via);
+    if (site.type === 'opaque') {
+      findings.push({
+        statement: site.index + 1,
+        ...site.effect,
+        message: `${prefix}${site.effect.message}`,
+      });
+      continue;
+    }
+    const { statement } = site;
+    analyseStatement({ statement, created, findings, prefix });
+    for (const found of sideEffectsOf(statement)) {
+      findings.push({ statement: statement.index + 1, ...found, message: `${prefix}${found.message}` });
+    }
     if (statement.kind === 'CreateStmt' || statement.kind === 'CreateTableAsStmt') {
       for (const relation of statement.relations.slice(0, 1)) created.add(relation);
     }
@@ -387,7 +453,7 @@ export function assessRisks(
         'Submit the statement that cannot run in a transaction (e.g. CREATE INDEX CONCURRENTLY) as a request of its own.',
     });
   }
-  if (statements.some((s) => STRONG_LOCK_KINDS.has(s.kind))) {
+  if (sites.some((site) => site.type === 'statement' && STRONG_LOCK_KINDS.has(site.statement.kind))) {
     findings.push({
       statement: null,
       code: 'LOCK_TIMEOUT_ENFORCED',
@@ -400,4 +466,24 @@ export function assessRisks(
     });
   }
   return findings;
+}
+
+/**
+ * Refuses a dry run that would not be dry: call it after `assessRisks` with the request's dry_run flag.
+ * A dry run rolls back at the end, which cannot undo an OS command, a remote commit or a killed session.
+ */
+export function assertDryRunIsDry(
+  findings: readonly RiskFinding[],
+  options: { readonly dryRun: boolean },
+): void {
+  if (!options.dryRun) return;
+  const escaping = findings.find((finding) => DRY_RUN_REFUSED_CODES.has(finding.code));
+  if (!escaping) return;
+  const where = escaping.statement === null ? 'the migration' : `statement ${escaping.statement}`;
+  throw new GateError(
+    'DRY_RUN_NOT_DRY',
+    `A dry run would not be dry: ${where} (${RISK_TITLES[escaping.code]}) has effects no rollback undoes, ` +
+      'or that the gate cannot see. Nothing was written; remove it, or submit without dry_run for a human to review.',
+    { context: { statement: escaping.statement } },
+  );
 }

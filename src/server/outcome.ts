@@ -161,8 +161,8 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
   const { result } = status;
   const message =
     result.state === 'failed' && result.error
-      ? `${approvedBy}: ${summariseResult(result)} Statement ${result.error.statement}, line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}`
-      : `${approvedBy}: ${summariseResult(result)}`;
+      ? `${approvedBy}: ${summariseResult(result, status.findings)} Statement ${result.error.statement}, line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}`
+      : `${approvedBy}: ${summariseResult(result, status.findings)}`;
   const nextSteps = {
     succeeded: null,
     rolled_back:

@@ -76,7 +76,7 @@ describe('analysing SQL with the Postgres grammar', () => {
 
   it('accepts non-transactional statements when not a dry run', async () => {
     const analysis = await analyseSql('ALTER TABLE t ADD c int; CREATE INDEX CONCURRENTLY i ON t(c)');
-    expect(() => assertExecutable(analysis, { dryRun: false })).not.toThrow();
+    expect(() => assertExecutable(analysis, { dryRun: false, gateSchemas: [] })).not.toThrow();
   });
 
   it('refuses transaction control, and dry runs of statements that cannot be rolled back', async () => {
@@ -86,9 +86,27 @@ describe('analysing SQL with the Postgres grammar', () => {
       ['ALTER TABLE t ADD c int; CREATE INDEX CONCURRENTLY i ON t(c)', true, 'DRY_RUN_IMPOSSIBLE'],
     ] as const) {
       const analysis = await analyseSql(sql);
-      expect(() => assertExecutable(analysis, { dryRun }), sql).toThrow(
+      expect(() => assertExecutable(analysis, { dryRun, gateSchemas: [] }), sql).toThrow(
         expect.objectContaining({ code: expected }),
       );
     }
+  });
+
+  it('refuses SQL that would touch the gate schemas, only when they are named', async () => {
+    const analysis = await analyseSql('INSERT INTO approval_gate.ledger VALUES (1)');
+    expect(() => assertExecutable(analysis, { dryRun: false, gateSchemas: [] })).not.toThrow();
+    expect(() =>
+      assertExecutable(analysis, { dryRun: false, gateSchemas: ['approval_gate', 'approval_gate_backup'] }),
+    ).toThrow(expect.objectContaining({ code: 'SQL_TOUCHES_GATE' }));
+  });
+
+  it('refuses session resets and lexer settings inside DO blocks, naming the statement', async () => {
+    const analysis = await analyseSql('SELECT 1; DO $$ BEGIN RESET ALL; END $$');
+    expect(() => assertExecutable(analysis, { dryRun: false, gateSchemas: [] })).toThrow(
+      expect.objectContaining({
+        code: 'SQL_SESSION_RESET',
+        message: expect.stringMatching(/^Statement 2 \(inside the DO block\)/),
+      }),
+    );
   });
 });

@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
-import { assessRisks, type RiskCode } from '../../src/migration/risks.js';
+import {
+  assessRisks,
+  escapesTransaction,
+  DRY_RUN_REFUSED_CODES,
+  OUTSIDE_TRANSACTION_CODES,
+  RISK_CODES,
+  RISK_TITLES,
+  type RiskCode,
+} from '../../src/migration/risks.js';
 
 async function codes(sql: string): Promise<RiskCode[]> {
   const { statements } = await analyseSql(sql);
@@ -111,5 +119,24 @@ describe('risk analysis from the parse tree', () => {
         'CREATE TABLE fresh (id int); CREATE INDEX i ON fresh(id); ALTER TABLE fresh ALTER COLUMN id SET NOT NULL',
       ),
     ).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+  });
+
+  it('gives every finding code a title, and says which escape the transaction', () => {
+    for (const code of RISK_CODES) expect(RISK_TITLES[code], code).toBeTruthy();
+    expect(escapesTransaction({ code: 'COPY_PROGRAM' })).toBe(true);
+    expect(escapesTransaction({ code: 'DROP_TABLE' })).toBe(false);
+    expect(escapesTransaction({ code: 'TIMEOUT_OVERRIDE' })).toBe(false);
+    // Postgres rolls role changes back: a failed migration did not leave them behind.
+    expect(escapesTransaction({ code: 'ROLE_DDL' })).toBe(false);
+    expect(OUTSIDE_TRANSACTION_CODES.size).toBe(10);
+    expect([...DRY_RUN_REFUSED_CODES].sort()).toEqual([...OUTSIDE_TRANSACTION_CODES, 'ROLE_DDL'].sort());
+  });
+
+  it('attributes findings inside a DO block to the DO statement, with a prefix', async () => {
+    const result = await findings('UPDATE t SET c = 1 WHERE id = 1; DO $$ BEGIN TRUNCATE t; END $$');
+    expect(result.find((f) => f.code === 'TRUNCATE')).toMatchObject({
+      statement: 2,
+      message: 'Inside the DO block: TRUNCATE deletes every row of t.',
+    });
   });
 });
