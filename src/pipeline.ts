@@ -60,32 +60,43 @@ export const MigrationRequestInput = z.object({
     .min(1)
     .max(100_000)
     .describe(
-      'The exact SQL to run: one or more statements separated by semicolons. They run in ONE transaction, ' +
-        'so do not include BEGIN/COMMIT. Statements that cannot run in a transaction (CREATE INDEX CONCURRENTLY, VACUUM) are refused.',
+      'The exact SQL to run: one or more statements separated by semicolons, each sent to Postgres on its own. ' +
+        'They run in ONE transaction, so do not include BEGIN/COMMIT; a statement that cannot run in a transaction ' +
+        '(CREATE INDEX CONCURRENTLY) makes every statement run and commit on its own. Refused before a human sees it: ' +
+        "invisible or control characters (use E'\\u202E' escapes for data), SET/RESET of standard_conforming_strings " +
+        'or client_encoding, RESET ALL, DISCARD, SET SESSION AUTHORIZATION, LOAD, COPY FROM STDIN/TO STDOUT, and SQL ' +
+        "naming the gate's own schemas. Side effects no rollback undoes (COPY ... PROGRAM, dblink, pg_terminate_backend, " +
+        'server files, role/database DDL) and code the server cannot read (EXECUTE in DO blocks) are flagged DANGER; ' +
+        'an environment policy may refuse them.',
     ),
   rollback_sql: z
     .string()
     .min(1)
     .max(100_000)
     .optional()
-    .describe('SQL that undoes this migration, shown to the reviewer. It is never run automatically.'),
+    .describe(
+      'SQL that undoes this migration, shown to the reviewer. A dry run rehearses it after the SQL (both are ' +
+        'rolled back); otherwise it runs only through request_rollback and a new human approval.',
+    ),
   dry_run: z
     .boolean()
     .default(false)
     .describe(
-      'true: after approval, run the SQL in a transaction and roll it back, reporting what happened.',
+      'true: after approval, run the SQL in a transaction and roll it back, reporting what happened. Refused ' +
+        'when a statement has effects no rollback undoes (the dry run would not be dry).',
     ),
   backup_before: z
     .boolean()
     .default(false)
     .describe(
-      'true: back up affected tables before running. Not supported yet: requests with true are refused.',
+      'true: back up the tables the SQL names before running (pg_dump, or copies inside the database); ' +
+        'if the backup fails, nothing runs.',
     ),
   title: z
     .string()
     .min(3)
     .max(200)
-    .describe('One line a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
+    .describe('One line (no line breaks) a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
   reason: z
     .string()
     .min(10)
