@@ -1,7 +1,8 @@
 import { loadModule, parse, type ParseResult } from 'libpg-query';
 import { GateError } from '../errors.js';
 import { statementsOfTree, type AnalysedStatement } from './parse-tree.js';
-import { executedSites, refusalOf } from './side-effects.js';
+import { executedSites } from './nested-code.js';
+import { refusalOf } from './refusals.js';
 
 export type { AnalysedStatement } from './parse-tree.js';
 

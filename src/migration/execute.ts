@@ -171,6 +171,23 @@ function breachError(
 }
 
 /**
+ * Reads the session's watched settings after `statement` ran: the settings the next statement is
+ * compared with, or the error that stops the job when `statement` changed them in a forbidden way.
+ */
+async function settingsAfter(
+  session: SqlSession,
+  watched: WatchedSettings,
+  statement: AnalysedStatement,
+  sql: string,
+  options: { readonly timeoutsMayChange: boolean; readonly transactional: boolean },
+): Promise<{ readonly watched: WatchedSettings; readonly error: ExecutionError | null }> {
+  const now = await readWatchedSettings(session);
+  const breach = settingsBreach(watched, now, { timeoutsMayChange: options.timeoutsMayChange });
+  if (breach === null) return { watched: now, error: null };
+  return { watched, error: breachError(statement, sql, breach, options.transactional) };
+}
+
+/**
  * The gate's own writes on a job's session run as the session user: a migration may SET ROLE to a
  * role that cannot write the ledger. The job's role is restored afterwards (step-by-step runs go on).
  */
@@ -512,15 +529,11 @@ export class Executor {
         }
         break;
       }
-      const now = await readWatchedSettings(session);
-      const breach = settingsBreach(watched, now, {
+      ({ watched, error } = await settingsAfter(session, watched, statement, job.sql, {
         timeoutsMayChange: job.timeoutsMayChange?.has(statement.index) ?? false,
-      });
-      if (breach !== null) {
-        error = breachError(statement, job.sql, breach, true);
-        break;
-      }
-      watched = now;
+        transactional: true,
+      }));
+      if (error !== null) break;
       crashPoint('mid-migration');
     }
     let rehearsal: ExecutionResult['rollback_rehearsal'] = null;
@@ -610,12 +623,12 @@ export class Executor {
       } catch (caught) {
         return { state: 'failed', error: toExecutionError(caught, statement, job.rollback.sql) };
       }
-      const now = await readWatchedSettings(session);
-      const breach = settingsBreach(watched, now, { timeoutsMayChange: false });
-      if (breach !== null) {
-        return { state: 'failed', error: breachError(statement, job.rollback.sql, breach, true) };
-      }
-      watched = now;
+      const after = await settingsAfter(session, watched, statement, job.rollback.sql, {
+        timeoutsMayChange: false,
+        transactional: true,
+      });
+      if (after.error !== null) return { state: 'failed', error: after.error };
+      watched = after.watched;
     }
     return { state: 'succeeded', error: null };
   }
@@ -738,15 +751,11 @@ export class Executor {
         session.query(stepUpdate, [...step, 'done', outcome.rows_affected, null]),
       );
       statements.push(outcome);
-      const now = await readWatchedSettings(session);
-      const breach = settingsBreach(watched, now, {
+      ({ watched, error } = await settingsAfter(session, watched, statement, job.sql, {
         timeoutsMayChange: job.timeoutsMayChange?.has(statement.index) ?? false,
-      });
-      if (breach !== null) {
-        error = breachError(statement, job.sql, breach, false);
-        break;
-      }
-      watched = now;
+        transactional: false,
+      }));
+      if (error !== null) break;
     }
     const result: ExecutionResult = {
       state: error === null ? 'succeeded' : 'failed',

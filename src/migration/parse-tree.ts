@@ -3,6 +3,7 @@ import { parseSync, type ParseResult } from 'libpg-query';
 /**
  * Turning a libpg-query parse result into analysed statements. Shared by the top-level analysis and by
  * the analysis of SQL nested in DO blocks and function bodies, so both see statements the same way.
+ * Also the small readers of parse-tree nodes (`child`, `list`, `visitNodes`, …) every analysis uses.
  */
 
 export interface AnalysedStatement {
@@ -28,10 +29,65 @@ export function isNode(value: unknown): value is Node {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function defElemNames(options: unknown): string[] {
-  if (!Array.isArray(options)) return [];
+export function child(node: unknown, key: string): Node | null {
+  return isNode(node) && isNode(node[key]) ? node[key] : null;
+}
+
+export function list(node: unknown, key: string): unknown[] {
+  return isNode(node) && Array.isArray(node[key]) ? node[key] : [];
+}
+
+export function stringsOf(items: readonly unknown[]): string[] {
+  return items
+    .map((item) => child(item, 'String')?.sval)
+    .filter((name): name is string => typeof name === 'string');
+}
+
+/**
+ * Visits every wrapped node (`{ FuncCall: {...} }` is visited as key `FuncCall`) and every embedded
+ * node (`CallStmt.funccall`), depth first in document order. Iterative: a hostile tree may be deep.
+ * Returning 'skip' leaves that node's children unvisited.
+ */
+export function visitNodes(tree: unknown, visit: (key: string, value: Node) => 'skip' | undefined): void {
+  const stack: unknown[] = [tree];
+  while (stack.length > 0) {
+    const current = stack.pop();
+    if (Array.isArray(current)) {
+      for (let i = current.length - 1; i >= 0; i -= 1) stack.push(current[i]);
+      continue;
+    }
+    if (!isNode(current)) continue;
+    const children: unknown[] = [];
+    for (const [key, value] of Object.entries(current)) {
+      if (isNode(value)) {
+        if (visit(key, value) !== 'skip') children.push(value);
+      } else if (Array.isArray(value)) {
+        children.push(value);
+      }
+    }
+    for (let i = children.length - 1; i >= 0; i -= 1) stack.push(children[i]);
+  }
+}
+
+export function defElem(options: readonly unknown[], name: string): Node | null {
+  for (const option of options) {
+    const element = child(option, 'DefElem');
+    if (element?.defname === name) return element;
+  }
+  return null;
+}
+
+/** A string constant, seen through casts ('lock_timeout'::text); null when not a constant. */
+export function stringConstant(expression: unknown): string | null {
+  const cast = child(expression, 'TypeCast');
+  if (cast) return stringConstant(cast.arg);
+  const value = child(child(expression, 'A_Const'), 'sval')?.sval;
+  return typeof value === 'string' ? value : null;
+}
+
+function defElemNames(options: readonly unknown[]): string[] {
   return options
-    .map((option) => (isNode(option) && isNode(option.DefElem) ? option.DefElem.defname : undefined))
+    .map((option) => child(option, 'DefElem')?.defname)
     .filter((name): name is string => typeof name === 'string');
 }
 
@@ -47,7 +103,7 @@ function isNonTransactional(kind: string, body: Node): boolean {
       return body.concurrent === true;
     case 'ReindexStmt':
       return (
-        defElemNames(body.params).includes('concurrently') ||
+        defElemNames(list(body, 'params')).includes('concurrently') ||
         body.kind === 'REINDEX_OBJECT_SYSTEM' ||
         body.kind === 'REINDEX_OBJECT_DATABASE'
       );
@@ -109,16 +165,8 @@ function droppedRelations(kind: string, body: Node): string[] {
   ) {
     return [];
   }
-  const objects = Array.isArray(body.objects) ? body.objects : [];
-  return objects
-    .map((object: unknown) => {
-      const items =
-        isNode(object) && isNode(object.List) && Array.isArray(object.List.items) ? object.List.items : [];
-      return items
-        .map((item: unknown) => (isNode(item) && isNode(item.String) ? item.String.sval : undefined))
-        .filter((part): part is string => typeof part === 'string')
-        .join('.');
-    })
+  return list(body, 'objects')
+    .map((object) => stringsOf(list(child(object, 'List'), 'items')).join('.'))
     .filter((name) => name.length > 0);
 }
 

@@ -1,7 +1,9 @@
 import { z } from 'zod';
 import { GateError } from '../errors.js';
 import type { AnalysedStatement } from './analyse.js';
-import { executedSites, sideEffectsOf, viaPrefix } from './side-effects.js';
+import { executedSites, viaPrefix } from './nested-code.js';
+import { child, isNode, list, stringsOf, type Node } from './parse-tree.js';
+import { sideEffectsOf } from './side-effects.js';
 
 /**
  * What each statement will really do to a live database: the lock it takes, whether it rewrites or
@@ -121,31 +123,11 @@ export const RiskFinding = z.object({
 });
 export type RiskFinding = z.infer<typeof RiskFinding>;
 
-type Node = Readonly<Record<string, unknown>>;
-
-function isNode(value: unknown): value is Node {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function child(node: unknown, key: string): Node | null {
-  return isNode(node) && isNode(node[key]) ? node[key] : null;
-}
-
-function list(node: unknown, key: string): unknown[] {
-  return isNode(node) && Array.isArray(node[key]) ? node[key] : [];
-}
-
 function relationName(rangeVar: unknown): string {
   if (!isNode(rangeVar) || typeof rangeVar.relname !== 'string') return '?';
   return typeof rangeVar.schemaname === 'string'
     ? `${rangeVar.schemaname}.${rangeVar.relname}`
     : rangeVar.relname;
-}
-
-function names(items: unknown[]): string[] {
-  return items
-    .map((item) => child(item, 'String')?.sval)
-    .filter((name): name is string => typeof name === 'string');
 }
 
 /** Functions whose value differs per row: a default using one forces a table rewrite. */
@@ -174,7 +156,7 @@ function defaultKind(expression: unknown): DefaultKind {
   if (cast) return defaultKind(cast.arg);
   const call = child(expression, 'FuncCall');
   if (call) {
-    const fn = names(list(call, 'funcname')).at(-1)?.toLowerCase() ?? '';
+    const fn = stringsOf(list(call, 'funcname')).at(-1)?.toLowerCase() ?? '';
     if (VOLATILE_FUNCTIONS.has(fn)) return 'volatile';
     if (['now', 'current_timestamp', 'transaction_timestamp', 'current_date'].includes(fn)) return 'constant';
     return 'unknown';
@@ -201,7 +183,7 @@ function add(ctx: Context, finding: Omit<RiskFinding, 'statement'>): void {
 
 function analyseAddColumn(ctx: Context, table: string, column: Node): void {
   const name = typeof column.colname === 'string' ? column.colname : '?';
-  const typeNames = names(list(child(column, 'typeName'), 'names')).map((n) => n.toLowerCase());
+  const typeNames = stringsOf(list(child(column, 'typeName'), 'names')).map((n) => n.toLowerCase());
   const constraints = list(column, 'constraints')
     .map((c) => child(c, 'Constraint'))
     .filter(isNode);

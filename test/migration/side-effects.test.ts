@@ -303,6 +303,12 @@ describe('refusals at request time', () => {
       'SQL_TOUCHES_GATE',
       { gateSchemas: ['gate'] },
     ],
+    [
+      'CREATE FUNCTION in the gate schema (a name list on the statement itself)',
+      "CREATE FUNCTION gate.f() RETURNS int LANGUAGE sql AS 'select 1'",
+      'SQL_TOUCHES_GATE',
+      { gateSchemas: ['gate'] },
+    ],
     ['DROP SCHEMA of the gate', 'DROP SCHEMA gate CASCADE', 'SQL_TOUCHES_GATE', { gateSchemas: ['gate'] }],
     [
       'CREATE SCHEMA of the backup schema',
