@@ -571,19 +571,9 @@ export class Pipeline {
   async list(filter: { status?: ApprovalSummary['status'] } = {}): Promise<ApprovalSummary[]> {
     const summaries: ApprovalSummary[] = [];
     for (const id of await this.#store.listRequestIds()) {
-      let request: ApprovalRequest | null;
-      let decision: Decision | null;
-      try {
-        request = await this.#store.readRequest(id);
-        decision = request && (await this.#store.readDecision(id));
-      } catch (error) {
-        this.#log.warn(
-          { approval_id: id, err: describeError(error) },
-          'not listed: its state fails its checks',
-        );
-        continue;
-      }
-      if (!request) continue;
+      const state = await this.#readState(id, 'not listed');
+      if (!state) continue;
+      const { request, decision } = state;
       const file = await this.#store.readApprovalFile(id);
       const data = file.kind === 'ok' ? file.parsed.data : {};
       const summary: ApprovalSummary = {
@@ -742,22 +732,31 @@ export class Pipeline {
     return status;
   }
 
+  /**
+   * A request's record and decision, or null (logged) when there is none or either fails its checks:
+   * a forged or edited record or decision never runs, and never stops a listing or the server's start.
+   */
+  async #readState(
+    id: string,
+    skipped: string,
+  ): Promise<{ request: ApprovalRequest; decision: Decision | null } | null> {
+    try {
+      const request = await this.#store.readRequest(id);
+      return request && { request, decision: await this.#store.readDecision(id) };
+    } catch (error) {
+      this.#log.error(
+        { approval_id: id, err: describeError(error) },
+        `${skipped}: its state fails its checks`,
+      );
+      return null;
+    }
+  }
+
   async #resume(): Promise<void> {
     for (const id of await this.#store.listRequestIds()) {
-      let request: ApprovalRequest | null;
-      let decision: Decision | null;
-      try {
-        request = await this.#store.readRequest(id);
-        decision = request && (await this.#store.readDecision(id));
-      } catch (error) {
-        // A forged or edited record or decision never runs, and never keeps the server from starting.
-        this.#log.error(
-          { approval_id: id, err: describeError(error) },
-          'not resumed: its state fails its checks',
-        );
-        continue;
-      }
-      if (!request) continue;
+      const state = await this.#readState(id, 'not resumed');
+      if (!state) continue;
+      const { request, decision } = state;
       if (!decision) {
         this.#gate.track(request);
         continue;

@@ -372,8 +372,10 @@ export class Gate {
       if (file.kind !== 'ok') return;
       const status = file.parsed.data.status;
       let request: ApprovalRequest | null;
+      let decision: Decision | null;
       try {
         request = await store.readRequest(id);
+        decision = request && (await store.readDecision(id));
       } catch (error) {
         const problem = stateProblem(error);
         if (!problem) throw error;
@@ -391,16 +393,6 @@ export class Gate {
           message: `This server never issued ${id}; a decision in this file is ignored and nothing runs.`,
         };
       } else {
-        let decision: Decision | null;
-        try {
-          decision = await store.readDecision(id);
-        } catch (error) {
-          const bound = stateProblem(error);
-          if (!bound) throw error;
-          this.#untrackedProblems.set(id, bound);
-          await this.#showProblem(id, bound, file.parsed.data.gate_error);
-          return;
-        }
         if (!decision) {
           // Requested by another process (a second instance, or the CLI): this instance watches it too.
           this.track(request);
