@@ -371,19 +371,25 @@ export class Pipeline {
     return target;
   }
 
-  /** Validates, analyses and stores a request; nothing runs until a human approves it. */
-  #assess(analysis: Analysis): RiskFinding[] {
-    return assessRisks(analysis.statements, {
-      lockTimeoutMs: this.config.executor.lock_timeout_ms,
-      lockRetries: this.config.executor.lock_retries,
-    });
+  /** Findings from the parse tree, and from the live catalog when it was read (`impact`). */
+  #assess(analysis: Analysis, impact: readonly RelationFacts[] = []): RiskFinding[] {
+    return assessRisks(
+      analysis.statements,
+      {
+        lockTimeoutMs: this.config.executor.lock_timeout_ms,
+        lockRetries: this.config.executor.lock_retries,
+      },
+      { foreignTables: new Set(impact.filter((f) => f.kind === 'foreign table').map((f) => f.name)) },
+    );
   }
 
   /** Risk findings of a stored request, recomputed from its record (cached). */
   async findingsOf(request: ApprovalRequest): Promise<RiskFinding[]> {
     let findings = this.#findings.get(request.id);
     if (!findings) {
-      findings = this.#assess(await analyseSql(request.command.sql));
+      // Without the catalog here: a finding that needs it (a foreign table) is in the file and in
+      // the results of the instance that took the request.
+      findings = this.#assess(await analyseSql(request.command.sql), this.#impact.get(request.id));
       this.#findings.set(request.id, findings);
     }
     return findings;
@@ -423,7 +429,13 @@ export class Pipeline {
     const analysis = await analyseSql(input.sql);
     const gateSchemas = [this.config.ledger_schema, `${this.config.ledger_schema}_backup`];
     assertExecutable(analysis, { dryRun: input.dry_run, gateSchemas });
-    const findings = this.#assess(analysis);
+    // Refuse now, not after a human has spent time, when the target cannot be reached; the catalog
+    // also tells which relations are foreign tables.
+    const target = this.#target(input.database);
+    await target.executor.prepare();
+    const relations = relationsOf(analysis.statements);
+    const impact = await withSession(target.knex, (session) => describeRelations(session, relations));
+    const findings = this.#assess(analysis, impact);
     assertDryRunIsDry(findings, { dryRun: input.dry_run });
     const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
     if (refused.length > 0) {
@@ -454,12 +466,6 @@ export class Pipeline {
         }
       }
     }
-    // Refuse now, not after a human has spent time, when the target cannot be reached.
-    const target = this.#target(input.database);
-    await target.executor.prepare();
-    const relations = relationsOf(analysis.statements);
-    const impact = await withSession(target.knex, (session) => describeRelations(session, relations));
-
     const created = wholeSeconds(this.#clock());
     const expires = new Date(created.getTime() + this.config.expiry_minutes[input.priority] * 60_000);
     const command: MigrationCommand = {

@@ -328,3 +328,37 @@ describe('security: a decision and a record are bound to one request', () => {
     }
   });
 });
+
+describe('security: writes to a foreign table are found in the live catalog', () => {
+  const wrapper = uniqueName('gate_fdw');
+  const foreignTable = uniqueName('remote');
+  beforeAll(async () => {
+    // A wrapper without a handler: enough for the catalog (relkind f), no extension needed.
+    await knex.raw(`create foreign data wrapper ${wrapper}`);
+    await knex.raw(`create server ${wrapper}_server foreign data wrapper ${wrapper}`);
+    await knex.raw(`create foreign table ${foreignTable} (x int) server ${wrapper}_server`);
+  });
+  afterAll(async () => {
+    await knex.raw(`drop foreign data wrapper if exists ${wrapper} cascade`);
+  });
+  const write = (dry_run: boolean) => ({
+    environment: 'staging',
+    database: 'main_db',
+    sql: `INSERT INTO ${foreignTable} VALUES (1)`,
+    dry_run,
+    title: 'Write to a foreign table',
+    reason: 'The write goes to another server; no rollback here is sure to undo it.',
+  });
+
+  it('flags the write as DANGER, with the table the catalog names', async () => {
+    const { findings } = await pipeline.submit(write(false));
+    expect(findings.find((f) => f.code === 'FOREIGN_TABLE_WRITE')).toMatchObject({
+      statement: 1,
+      severity: 'danger',
+    });
+  });
+
+  it('refuses a dry run of it: the rollback would not reach the other server', async () => {
+    await expect(pipeline.submit(write(true))).rejects.toMatchObject({ code: 'DRY_RUN_NOT_DRY' });
+  });
+});

@@ -6,7 +6,14 @@ import type { SqlSession } from '../db.js';
  */
 
 export type RelationKind =
-  'table' | 'partitioned table' | 'view' | 'materialized view' | 'index' | 'sequence' | 'other';
+  | 'table'
+  | 'partitioned table'
+  | 'foreign table'
+  | 'view'
+  | 'materialized view'
+  | 'index'
+  | 'sequence'
+  | 'other';
 
 export interface RelationFacts {
   /** As named in the SQL, e.g. "customers" or "app.customers". */
@@ -24,6 +31,7 @@ export interface RelationFacts {
 const KINDS: Readonly<Record<string, RelationKind>> = {
   r: 'table',
   p: 'partitioned table',
+  f: 'foreign table',
   v: 'view',
   m: 'materialized view',
   i: 'index',

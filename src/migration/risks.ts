@@ -41,6 +41,7 @@ export const RISK_CODES = [
   'ROLE_DDL',
   'DYNAMIC_SQL',
   'UNANALYSED_CODE',
+  'FOREIGN_TABLE_WRITE',
 ] as const;
 export type RiskCode = (typeof RISK_CODES)[number];
 
@@ -75,6 +76,7 @@ export const RISK_TITLES: Readonly<Record<RiskCode, string>> = {
   ROLE_DDL: 'Roles changed on the whole server',
   DYNAMIC_SQL: 'SQL built at run time',
   UNANALYSED_CODE: 'Code the gate cannot analyse',
+  FOREIGN_TABLE_WRITE: 'Foreign table written',
 };
 
 /**
@@ -93,6 +95,7 @@ export const OUTSIDE_TRANSACTION_CODES: ReadonlySet<RiskCode> = new Set<RiskCode
   'TABLESPACE_DDL',
   'DYNAMIC_SQL',
   'UNANALYSED_CODE',
+  'FOREIGN_TABLE_WRITE',
 ]);
 
 /**
@@ -396,9 +399,46 @@ function analyseStatement(ctx: Context): void {
 const STRONG_LOCK_KINDS = new Set(['AlterTableStmt', 'IndexStmt', 'DropStmt', 'RenameStmt', 'TruncateStmt']);
 
 /** Findings for a whole migration, in statement order, migration-wide ones last. */
+/** Statements that write the relation in their `relation` field (COPY only when FROM). */
+const WRITING_KINDS = new Set([
+  'InsertStmt',
+  'UpdateStmt',
+  'DeleteStmt',
+  'MergeStmt',
+  'CopyStmt',
+  'TruncateStmt',
+]);
+
+/** Writes to a foreign table happen on another server, through its wrapper, outside this transaction. */
+function foreignTableWrite(
+  statement: AnalysedStatement,
+  foreignTables: ReadonlySet<string>,
+): RiskFinding | null {
+  if (!WRITING_KINDS.has(statement.kind) || foreignTables.size === 0) return null;
+  if (statement.kind === 'CopyStmt' && statement.node.is_from !== true) return null;
+  const written = statement.relations.filter((relation) => foreignTables.has(relation));
+  if (written.length === 0) return null;
+  return {
+    statement: statement.index + 1,
+    code: 'FOREIGN_TABLE_WRITE',
+    severity: 'danger',
+    lock: null,
+    message:
+      `${written.join(', ')} ${written.length === 1 ? 'is a foreign table' : 'are foreign tables'} (from the live catalog): ` +
+      'the write goes to another server through its foreign-data wrapper, which may commit it on its own; ' +
+      'no rollback or dry run of this migration is sure to undo it.',
+    safer: 'Run the change on the server that owns the data, through its own approval.',
+  };
+}
+
+/**
+ * Findings for a whole migration. `catalog.foreignTables`: relations (as named in the SQL) that the
+ * live catalog says are foreign tables, when the catalog was read (at request time).
+ */
 export function assessRisks(
   statements: readonly AnalysedStatement[],
   execution: { readonly lockTimeoutMs: number; readonly lockRetries: number },
+  catalog: { readonly foreignTables: ReadonlySet<string> } = { foreignTables: new Set() },
 ): RiskFinding[] {
   const findings: RiskFinding[] = [];
   const created = new Set<string>();
@@ -419,6 +459,8 @@ export function assessRisks(
     for (const found of sideEffectsOf(statement)) {
       findings.push({ statement: statement.index + 1, ...found, message: `${prefix}${found.message}` });
     }
+    const foreign = foreignTableWrite(statement, catalog.foreignTables);
+    if (foreign) findings.push({ ...foreign, message: `${prefix}${foreign.message}` });
     if (statement.kind === 'CreateStmt' || statement.kind === 'CreateTableAsStmt') {
       for (const relation of statement.relations.slice(0, 1)) created.add(relation);
     }

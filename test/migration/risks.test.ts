@@ -128,7 +128,7 @@ describe('risk analysis from the parse tree', () => {
     expect(escapesTransaction({ code: 'TIMEOUT_OVERRIDE' })).toBe(false);
     // Postgres rolls role changes back: a failed migration did not leave them behind.
     expect(escapesTransaction({ code: 'ROLE_DDL' })).toBe(false);
-    expect(OUTSIDE_TRANSACTION_CODES.size).toBe(10);
+    expect(OUTSIDE_TRANSACTION_CODES.size).toBe(11);
     expect([...DRY_RUN_REFUSED_CODES].sort()).toEqual([...OUTSIDE_TRANSACTION_CODES, 'ROLE_DDL'].sort());
   });
 
@@ -138,5 +138,20 @@ describe('risk analysis from the parse tree', () => {
       statement: 2,
       message: 'Inside the DO block: TRUNCATE deletes every row of t.',
     });
+  });
+});
+
+describe('findings that need the live catalog', () => {
+  const execution = { lockTimeoutMs: 2000, lockRetries: 5 };
+  it('flags a write to a relation the catalog says is a foreign table, and only then', async () => {
+    const { statements } = await analyseSql(
+      "INSERT INTO remote_orders VALUES (1); UPDATE orders SET x = 1 WHERE id = 1; COPY remote_orders FROM '/dev/null'",
+    );
+    const foreign = assessRisks(statements, execution, { foreignTables: new Set(['remote_orders']) }).filter(
+      (f) => f.code === 'FOREIGN_TABLE_WRITE',
+    );
+    expect(foreign.map((f) => f.statement)).toEqual([1, 3]);
+    expect(escapesTransaction(foreign[0] ?? { code: 'DROP_TABLE' })).toBe(true);
+    expect(assessRisks(statements, execution).some((f) => f.code === 'FOREIGN_TABLE_WRITE')).toBe(false);
   });
 });
