@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { copyFile, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { parse as parseYaml } from 'yaml';
@@ -279,5 +279,34 @@ describe('security: the agent-side corpus, through the real server and the real 
       await Promise.all(corpus.slice(i, i + 8).map((entry, j) => run(entry, i + j + 1)));
     }
     expect(await victimRows(), 'the victim table, untouched by every case').toBe(3);
+  });
+
+  it('a decision copied onto a twin request with identical SQL does not run it again', async () => {
+    const twin = {
+      environment: 'staging',
+      database: 'main_db',
+      sql: `INSERT INTO ${victim} VALUES (42)`,
+      title: 'Twin request',
+      reason: 'Identical SQL twice: one approval must never run both.',
+    };
+    const first = (await server.call('execute_migration', twin)).outcome;
+    const second = (await server.call('execute_migration', twin)).outcome;
+    await decideInFile(first.file ?? '', { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+    expect((await callUntilFinal(first.approval_id ?? '')).execution).toBe('succeeded');
+    // The agent, as the server's OS user, copies the recorded decision onto the twin.
+    const decisions = path.join(workspace.config.stateDir, 'decisions');
+    await copyFile(
+      path.join(decisions, `${first.approval_id ?? ''}.json`),
+      path.join(decisions, `${second.approval_id ?? ''}.json`),
+    );
+    const { outcome } = await server.call('get_approval_status', { id: second.approval_id });
+    expect(outcome.error?.code).toBe('DECISION_NOT_BOUND');
+    expect(
+      Number(
+        (await knex.raw<{ rows: { n: string }[] }>(`select count(*) as n from ${victim} where id = 42`))
+          .rows[0]?.n,
+      ),
+    ).toBe(1);
+    await knex.raw(`delete from ${victim} where id = 42`);
   });
 });
