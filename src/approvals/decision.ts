@@ -1,6 +1,7 @@
 import { parseTimestamp, type TimeZone } from '../time.js';
 import { PLACEHOLDERS } from './render.js';
 import { HumanStatus, type ApprovalRequest } from './request.js';
+import { paragraphLinesUnder } from './sections.js';
 import { findTampering } from './tamper.js';
 
 /**
@@ -79,19 +80,19 @@ function meaningful(value: unknown, placeholders: ReadonlySet<string>): string |
 
 /** The text after **Comments:** in the Approval Decision section, if a human wrote any. */
 export function commentsFromBody(body: string): string | null {
-  const section = /^## Approval Decision[ \t]*$([\s\S]*?)(?=^## |^---[ \t]*$|(?![\s\S]))/m.exec(body);
-  if (!section) return null;
-  const line = /^\*\*Comments:\*\*[ \t]*(.*)$/m.exec(section[1] ?? '');
-  return meaningful(line?.[1] ?? null, TEXT_PLACEHOLDERS);
+  const line = paragraphLinesUnder(body, 'Approval Decision')?.find((l) => l.startsWith('**Comments:**'));
+  return meaningful(line?.slice('**Comments:**'.length) ?? null, TEXT_PLACEHOLDERS);
 }
 
 const STATUSES = HumanStatus.options;
 
-/** The Status display line of the Approval Decision section, upper-cased, if present. */
+/**
+ * The Status display line of the Approval Decision section, upper-cased, if present. Both are read
+ * from the real section (a Markdown heading, not a look-alike line in the agent's reason).
+ */
 function bodyStatus(body: string): string | null {
-  const section = /^## Approval Decision[ \t]*$([\s\S]*?)(?=^## |(?![\s\S]))/m.exec(body);
-  const line = /^\*\*Status:\*\*[ \t]*(\S+)/m.exec(section?.[1] ?? '');
-  return line?.[1]?.toUpperCase() ?? null;
+  const line = paragraphLinesUnder(body, 'Approval Decision')?.find((l) => l.startsWith('**Status:**'));
+  return /^\*\*Status:\*\*[ \t]*(\S+)/.exec(line ?? '')?.[1]?.toUpperCase() ?? null;
 }
 
 const sameName = (a: string, b: string) => a.trim().toLowerCase() === b.trim().toLowerCase();

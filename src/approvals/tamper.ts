@@ -1,7 +1,7 @@
-import MarkdownIt from 'markdown-it';
 import type { Token } from 'markdown-it';
 import { parseDocument } from 'yaml';
 import { codeText } from './markdown.js';
+import { fenceIn, headingPositions, parseBlocks, sectionTokens } from './sections.js';
 import type { ApprovalRequest } from './request.js';
 
 /**
@@ -16,45 +16,16 @@ export interface TamperFinding {
   readonly message: string;
 }
 
-// CommonMark as editors' previews read it, with raw HTML recognised: a heading or fence inside an
-// HTML block (a comment, say) is not shown, so it must not count as shown.
-const markdown = new MarkdownIt('commonmark', { html: true }).enable('table');
-
 const SERVER_HEADINGS = ['Execution Command', 'Migration SQL', 'Rollback SQL'] as const;
 type ServerHeading = (typeof SERVER_HEADINGS)[number];
-
-const isSectionBreak = (token: Token) =>
-  token.type === 'heading_open' && ['h1', 'h2', 'h3'].includes(token.tag);
-
-/** Where each server heading appears as a real level-3 heading token (not text in a fence or HTML). */
-function headingPositions(tokens: readonly Token[], heading: string): number[] {
-  const positions: number[] = [];
-  tokens.forEach((token, i) => {
-    if (token.type === 'heading_open' && token.tag === 'h3' && tokens[i + 1]?.content.trim() === heading)
-      positions.push(i);
-  });
-  return positions;
-}
-
-/** The block tokens after the heading at `start`, up to the next h1–h3 heading. */
-function sectionTokens(tokens: readonly Token[], start: number): Token[] {
-  const rest = tokens.slice(start + 3);
-  const end = rest.findIndex(isSectionBreak);
-  return end === -1 ? rest : rest.slice(0, end);
-}
-
-function fenceIn(section: readonly Token[]): string | null {
-  const fence = section.find((token) => token.type === 'fence');
-  return fence === undefined ? null : fence.content.replace(/\n$/, '');
-}
 
 /**
  * The content of the first fenced block under the one real `### <heading>` heading, before the next
  * h1–h3 heading; null when there is no such block, or the heading is missing or appears twice.
  */
 export function fencedBlockUnder(body: string, heading: string): string | null {
-  const tokens = markdown.parse(body, {});
-  const positions = headingPositions(tokens, heading.replace(/^### /, ''));
+  const tokens = parseBlocks(body);
+  const positions = headingPositions(tokens, 'h3', heading.replace(/^### /, ''));
   const [only] = positions;
   return positions.length === 1 && only !== undefined ? fenceIn(sectionTokens(tokens, only)) : null;
 }
@@ -111,11 +82,11 @@ export function findTampering(
       };
     }
   }
-  const tokens = markdown.parse(body, {});
+  const tokens = parseBlocks(body);
   const sections = new Map<ServerHeading, Token[]>();
   let rollbackStart: number | null = null;
   for (const heading of SERVER_HEADINGS) {
-    const positions = headingPositions(tokens, heading);
+    const positions = headingPositions(tokens, 'h3', heading);
     const [only] = positions;
     if (positions.length !== 1 || only === undefined) {
       return {
