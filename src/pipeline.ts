@@ -15,6 +15,7 @@ import {
 import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
 import { assertOneLine, assertVisible } from './approvals/invisible.js';
+import { hasOutcomeMarker } from './approvals/sections.js';
 import { Notifier } from './approvals/notify.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase, withSession } from './db.js';
@@ -768,7 +769,7 @@ export class Pipeline {
         continue;
       }
       const file = await this.#store.readApprovalFile(id);
-      if (file.kind === 'ok' && file.text.includes(RESULT_MARKER)) continue;
+      if (file.kind === 'ok' && hasOutcomeMarker(file.text, RESULT_MARKER)) continue;
       this.#log.info(
         { approval_id: id, status: decision.status },
         'resuming a decided request whose outcome was not written',
@@ -781,7 +782,7 @@ export class Pipeline {
     try {
       const written = await this.#store.updateApprovalFile(id, (text) => {
         const updated = updateFrontMatter(text, fields);
-        return section === undefined || updated.includes(RESULT_MARKER)
+        return section === undefined || hasOutcomeMarker(updated, RESULT_MARKER)
           ? updated
           : `${updated.replace(/\n*$/, '\n')}${section}`;
       });

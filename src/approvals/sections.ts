@@ -54,3 +54,13 @@ export function paragraphLinesUnder(body: string, heading: string): string[] | n
     .filter((token) => token.type === 'inline')
     .flatMap((token) => token.content.split('\n'));
 }
+
+/**
+ * Whether the file already carries the server's outcome section: its marker as a raw HTML block of
+ * its own, not the same text quoted inside the agent's reason (a fence), which would otherwise make the
+ * server skip writing the outcome, or skip resuming an approved request after a restart.
+ */
+export function hasOutcomeMarker(text: string, marker: string): boolean {
+  const body = text.replace(/^---\r?\n[\s\S]*?\r?\n---[ \t]*\r?\n/, '');
+  return parseBlocks(body).some((token) => token.type === 'html_block' && token.content.trim() === marker);
+}
