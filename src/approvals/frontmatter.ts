@@ -1,6 +1,7 @@
 import matter from 'gray-matter';
 import { Document, isMap, isScalar, parseDocument, Scalar, type ToStringOptions } from 'yaml';
 import { GateError } from '../errors.js';
+import { codeText } from './markdown.js';
 
 /**
  * The approval file is a user interface, not a code path. Front matter is YAML 1.2 (core schema),
@@ -129,7 +130,10 @@ export function updateFrontMatter(raw: string, fields: Readonly<Record<string, F
     );
   }
   let changed = false;
-  for (const [key, value] of Object.entries(fields)) {
+  for (const [key, raw] of Object.entries(fields)) {
+    // Values can carry text the agent controls (a RAISE message in execution_error): YAML escapes
+    // C0 controls in quotes, not bidirectional overrides, so those are shown visibly here.
+    const value = typeof raw === 'string' ? codeText(raw) : raw;
     const existing = document.get(key, true);
     if (value === undefined) {
       if (document.has(key)) {

@@ -103,3 +103,16 @@ describe('updating the server fields', () => {
     );
   });
 });
+
+describe('security: what the server writes into the front matter', () => {
+  it('shows bidirectional overrides and other invisible characters visibly, keeping the rest', () => {
+    const updated = updateFrontMatter('---\nid: "APR-20260213-003"\n---\nbody\n', {
+      execution_error: 'relation "x\u202Eevil" does not exist\nsecond line',
+    });
+    expect(updated).toContain('<U+202E>');
+    expect(updated).not.toContain('\u202E');
+    expect(parseApprovalText(updated).data.execution_error).toBe(
+      'relation "x<U+202E>evil" does not exist\nsecond line',
+    );
+  });
+});
