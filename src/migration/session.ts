@@ -43,18 +43,26 @@ const WATCHED_SQL = `select pg_catalog.current_setting('standard_conforming_stri
   pg_catalog.current_setting('lock_timeout') as lock_timeout,
   pg_catalog.current_setting('statement_timeout') as statement_timeout,
   pg_catalog.current_setting('idle_in_transaction_session_timeout') as idle_in_transaction_session_timeout,
-  session_user as session_user`;
+  session_user as session_user,
+  current_user as current_user`;
 
 export async function readWatchedSettings(session: SqlSession): Promise<WatchedSettings> {
+  return (await readSession(session)).settings;
+}
+
+async function readSession(session: SqlSession): Promise<{ settings: WatchedSettings; role: string }> {
   const row = (await session.query(WATCHED_SQL)).rows[0] ?? {};
-  const text = (key: keyof WatchedSettings) => String(row[key] ?? '');
+  const text = (key: keyof WatchedSettings | 'current_user') => String(row[key] ?? '');
   return {
-    standard_conforming_strings: text('standard_conforming_strings'),
-    client_encoding: text('client_encoding'),
-    lock_timeout: text('lock_timeout'),
-    statement_timeout: text('statement_timeout'),
-    idle_in_transaction_session_timeout: text('idle_in_transaction_session_timeout'),
-    session_user: text('session_user'),
+    settings: {
+      standard_conforming_strings: text('standard_conforming_strings'),
+      client_encoding: text('client_encoding'),
+      lock_timeout: text('lock_timeout'),
+      statement_timeout: text('statement_timeout'),
+      idle_in_transaction_session_timeout: text('idle_in_transaction_session_timeout'),
+      session_user: text('session_user'),
+    },
+    role: text('current_user'),
   };
 }
 
@@ -94,15 +102,16 @@ export function settingsBreach(
 /** Puts a pooled session into the state every job starts from, and checks that it is there. */
 async function resetSession(session: SqlSession): Promise<WatchedSettings> {
   await session.query('discard all');
-  for (const [name, value] of Object.entries(LEXER_SETTINGS)) {
-    await session.query('select pg_catalog.set_config($1, $2, false)', [name, value]);
-  }
-  const { rows } = await session.query('select current_user as current_user, session_user as session_user');
-  const settings = await readWatchedSettings(session);
+  await session.query(
+    `select pg_catalog.set_config('standard_conforming_strings', $1, false),
+            pg_catalog.set_config('client_encoding', $2, false)`,
+    [LEXER_SETTINGS.standard_conforming_strings, LEXER_SETTINGS.client_encoding],
+  );
+  const { settings, role } = await readSession(session);
   const wrong = Object.entries(LEXER_SETTINGS).find(
     ([name, value]) => settings[name as keyof typeof LEXER_SETTINGS] !== value,
   );
-  if (wrong || rows[0]?.current_user !== rows[0]?.session_user) {
+  if (wrong || role !== settings.session_user) {
     throw new GateError(
       'SESSION_NOT_CLEAN',
       `The database session could not be put into a known state before the job (${
@@ -129,12 +138,15 @@ export async function withJobSession<T>(
       session.dispose(describeError(error));
       throw error;
     }
+    let failed = true;
     try {
-      return await work(session, baseline);
+      const result = await work(session, baseline);
+      failed = false;
+      return result;
     } finally {
       try {
-        // A job that failed mid-transaction leaves it aborted; end it before discarding.
-        await session.query('rollback');
+        // A job that failed may have left its transaction open (aborted); end it before discarding.
+        if (failed) await session.query('rollback');
         await session.query('discard all');
       } catch (error) {
         session.dispose(`could not reset the session after a job: ${describeError(error)}`);
