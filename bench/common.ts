@@ -49,3 +49,24 @@ export function runMain(name: string, main: () => Promise<number>): void {
     },
   );
 }
+
+/** Where the benches find Postgres when no URL is given: the test server on this machine. */
+export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
+
+/**
+ * The Postgres a bench may use: BENCH_DATABASE_URL, else TEST_DATABASE_URL, else the local default,
+ * and only ever on this machine (the benches create and drop schemas and flood the server).
+ */
+export function loopbackDatabaseUrl(env: NodeJS.ProcessEnv = process.env): URL {
+  const rawUrl = env.BENCH_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
+  let databaseUrl: URL;
+  try {
+    databaseUrl = new URL(rawUrl);
+  } catch {
+    throw new UsageError('BENCH_DATABASE_URL is not a postgres:// URL.');
+  }
+  if (!['127.0.0.1', 'localhost', '[::1]'].includes(databaseUrl.hostname)) {
+    throw new UsageError(`runs only against a Postgres on this machine, not ${databaseUrl.hostname}.`);
+  }
+  return databaseUrl;
+}

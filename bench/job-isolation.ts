@@ -26,10 +26,9 @@ import knexFactory from 'knex';
 import pg from 'pg';
 import { analyseSql } from '../src/migration/analyse.js';
 import { ADVISORY_LOCK_NAMESPACE, Executor, advisoryLockKey } from '../src/migration/execute.js';
-import { UsageError, integerOption, percentile, runMain, say } from './common.js';
+import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, UsageError } from './common.js';
 
 /** The real server on this machine, as in the tests. */
-const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 /** Jobs per configuration run first and not counted: connections, plans and caches warm up. */
 const WARM_UP = 10;
 const CONFIGURATIONS = ['raw', 'raw+ledger', 'executor'] as const;
@@ -53,17 +52,7 @@ function readOptions(): Options {
     throw new UsageError(error instanceof Error ? error.message : String(error));
   }
   const env = process.env;
-  const rawUrl = env.BENCH_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
-  let databaseUrl: URL;
-  try {
-    databaseUrl = new URL(rawUrl);
-  } catch {
-    throw new UsageError('BENCH_DATABASE_URL is not a postgres:// URL.');
-  }
-  // The bench creates and drops schemas: only ever point it at this machine.
-  if (!['127.0.0.1', 'localhost', '[::1]'].includes(databaseUrl.hostname)) {
-    throw new UsageError(`runs only against a Postgres on this machine, not ${databaseUrl.hostname}.`);
-  }
+  const databaseUrl = loopbackDatabaseUrl(env);
   return {
     // Approval ids have 6 digits, and every job of the run needs its own.
     jobs: integerOption('jobs', values.jobs ?? env.BENCH_JOBS, 200, 1, 100_000),

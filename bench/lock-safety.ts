@@ -30,10 +30,9 @@ import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { analyseSql } from '../src/migration/analyse.js';
 import { Executor } from '../src/migration/execute.js';
-import { UsageError, integerOption, percentile, runMain, say, sleep } from './common.js';
+import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, sleep } from './common.js';
 
 /** The real server on this machine, as in the tests. */
-const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/test';
 /** The issue asks for at least this many rows: below it, index builds are too short to matter. */
 const MIN_ROWS = 1_000_000;
 const SCHEMA = 'bench_locks';
@@ -83,17 +82,7 @@ function readOptions(): Options {
     strict: true,
   });
   const env = process.env;
-  const rawUrl = env.BENCH_DATABASE_URL ?? env.TEST_DATABASE_URL ?? DEFAULT_DATABASE_URL;
-  let databaseUrl: URL;
-  try {
-    databaseUrl = new URL(rawUrl);
-  } catch {
-    throw new UsageError('BENCH_DATABASE_URL is not a postgres:// URL.');
-  }
-  // The bench floods the server with writes and drops schemas: only ever point it at this machine.
-  if (!['127.0.0.1', 'localhost', '[::1]'].includes(databaseUrl.hostname)) {
-    throw new UsageError(`runs only against a Postgres on this machine, not ${databaseUrl.hostname}.`);
-  }
+  const databaseUrl = loopbackDatabaseUrl(env);
   return {
     rows: integerOption('rows', values.rows ?? env.BENCH_LOCKS_ROWS, MIN_ROWS, MIN_ROWS, 50_000_000),
     readSeconds: integerOption(

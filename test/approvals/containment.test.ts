@@ -12,7 +12,7 @@ import { hashCommand, type ApprovalRequest, type MigrationCommand } from '../../
 import { findTampering } from '../../src/approvals/tamper.js';
 import { RISK_TITLES, type RiskFinding } from '../../src/migration/risks.js';
 import { sampleCommand, sampleContext, sampleRequest } from '../helpers/requests.js';
-import { decodeEntities, renderedText, terminalView } from '../helpers/views.js';
+import { decodeEntities, renderedText, SERVER_HEADINGS, terminalView } from '../helpers/views.js';
 
 /*
  * Everything the agent writes (title, reason, SQL, rollback, migration file) and everything it can
@@ -170,30 +170,6 @@ function build(payload: Payload): { request: ApprovalRequest; context: RenderCon
   };
   return { request, context };
 }
-
-const SERVER_HEADINGS = [
-  'Proposed Action',
-  'Action Details',
-  'Execution Command',
-  'Reasoning',
-  'Context',
-  'Why This Action?',
-  'Expected Outcome',
-  'Risk Analysis',
-  'Impact Assessment',
-  'Potential Risks',
-  'Safeguards',
-  'Compliance & Policy',
-  'Preview',
-  'Migration SQL',
-  'Rollback SQL',
-  'Impact Analysis',
-  'Approval Decision',
-  'If APPROVED:',
-  'If REJECTED:',
-  'If EXPIRED:',
-  'Human Instructions',
-];
 
 const shown = (text: string) => codeText(text).replace(/\r?\n$/, '');
 

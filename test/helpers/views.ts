@@ -25,6 +25,31 @@ function withoutComments(html: string): string {
   return html.replace(/<!--[\s\S]*?(?:-->|$)/g, '');
 }
 
+/** Every heading below the title the server writes, in order, as a reader of the preview sees them. */
+export const SERVER_HEADINGS = [
+  'Proposed Action',
+  'Action Details',
+  'Execution Command',
+  'Reasoning',
+  'Context',
+  'Why This Action?',
+  'Expected Outcome',
+  'Risk Analysis',
+  'Impact Assessment',
+  'Potential Risks',
+  'Safeguards',
+  'Compliance & Policy',
+  'Preview',
+  'Migration SQL',
+  'Rollback SQL',
+  'Impact Analysis',
+  'Approval Decision',
+  'If APPROVED:',
+  'If REJECTED:',
+  'If EXPIRED:',
+  'Human Instructions',
+] as const;
+
 export interface RenderedView {
   /** The HTML a preview builds, with comments removed (they are not shown). */
   readonly html: string;

@@ -7,10 +7,11 @@ import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { analyseSql } from '../../src/migration/analyse.js';
+import { DRY_RUN_REFUSED_CODES } from '../../src/migration/risks.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
-import { decodeEntities, renderedText, terminalView } from '../helpers/views.js';
+import { decodeEntities, renderedText, SERVER_HEADINGS, terminalView } from '../helpers/views.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -52,50 +53,13 @@ interface Fixture {
 }
 
 const FIXTURES = path.join(import.meta.dirname, '../fixtures/agent');
-/** Every section the server writes, in order, as a reader of the preview sees them. */
-const SERVER_HEADINGS = [
-  'Proposed Action',
-  'Action Details',
-  'Execution Command',
-  'Reasoning',
-  'Context',
-  'Why This Action?',
-  'Expected Outcome',
-  'Risk Analysis',
-  'Impact Assessment',
-  'Potential Risks',
-  'Safeguards',
-  'Compliance & Policy',
-  'Preview',
-  'Migration SQL',
-  'Rollback SQL',
-  'Impact Analysis',
-  'Approval Decision',
-  'If APPROVED:',
-  'If REJECTED:',
-  'If EXPIRED:',
-  'Human Instructions',
-];
 
 const scratch = uniqueName('agent');
 const ledgerSchema = uniqueName('gate_agent');
 const victim = `${scratch}.victim`;
 const pwnPrefix = `/tmp/approval-gate-agent-${randomBytes(4).toString('hex')}`;
-const refusedProduction = [
-  'DROP_TABLE',
-  'TIMEOUT_OVERRIDE',
-  'COPY_PROGRAM',
-  'COPY_SERVER_FILE',
-  'REMOTE_SQL',
-  'SESSION_SIGNAL',
-  'SERVER_FILE_ACCESS',
-  'SERVER_ADMIN',
-  'DATABASE_DDL',
-  'TABLESPACE_DDL',
-  'ROLE_DDL',
-  'DYNAMIC_SQL',
-  'UNANALYSED_CODE',
-] as const;
+// The production example: refuse what a dry run refuses, plus drops and timeout overrides.
+const refusedProduction = [...DRY_RUN_REFUSED_CODES, 'DROP_TABLE', 'TIMEOUT_OVERRIDE'];
 
 let knex: Knex;
 let workspace: Workspace;
