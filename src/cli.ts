@@ -149,7 +149,14 @@ clientCommand(
 
 const decideOptions = (command: Command) =>
   command
-    .requiredOption('--as <name>', 'your name, as decided_by')
+    .requiredOption(
+      '--as <name>',
+      'your name, as decided_by (in a signed environment: your principal in allowed_signers)',
+    )
+    .option(
+      '--key <file>',
+      'signed environments: your SSH private key (or its .pub when ssh-agent holds it); default: as ssh-keygen, ~/.ssh/id_*',
+    )
     .option(
       '--wait <seconds>',
       'wait this long for the running server to accept or refuse the decision (0: do not wait)',
@@ -173,6 +180,7 @@ decideOptions(clientCommand('approve', 'Approve a request: makes exactly the fil
         as: string;
         comment?: string;
         second?: string;
+        key?: string;
         wait: number;
         saveStyle: SaveStyle;
       },
@@ -186,6 +194,7 @@ decideOptions(clientCommand('approve', 'Approve a request: makes exactly the fil
             as: options.as,
             ...(options.comment !== undefined ? { comment: options.comment } : {}),
             ...(options.second !== undefined ? { second: options.second } : {}),
+            ...(options.key !== undefined ? { key: options.key } : {}),
           },
           { waitSeconds: options.wait, style: options.saveStyle },
           output,
@@ -199,13 +208,24 @@ decideOptions(clientCommand('reject', 'Reject a request, with the reason the age
   .action(
     (
       id: string,
-      options: ClientOptions & { as: string; reason: string; wait: number; saveStyle: SaveStyle },
+      options: ClientOptions & {
+        as: string;
+        reason: string;
+        key?: string;
+        wait: number;
+        saveStyle: SaveStyle;
+      },
     ) =>
       withClient(options, (pipeline, output) =>
         decideCommand(
           pipeline,
           id,
-          { status: 'REJECTED', as: options.as, reason: options.reason },
+          {
+            status: 'REJECTED',
+            as: options.as,
+            reason: options.reason,
+            ...(options.key !== undefined ? { key: options.key } : {}),
+          },
           { waitSeconds: options.wait, style: options.saveStyle },
           output,
         ),

@@ -1,11 +1,12 @@
 import { styleText } from 'node:util';
-import { decideInFile, type SaveStyle } from './approvals/human-edit.js';
+import { decideInFile, secondApprovalInFile, type SaveStyle } from './approvals/human-edit.js';
+import { canonicalMessage, signMessage } from './approvals/signature.js';
 import { fencedBlockUnder, findTampering } from './approvals/tamper.js';
 import { renderExecutionCommand } from './approvals/render.js';
 import type { Config } from './config.js';
 import { GateError } from './errors.js';
 import type { Logger } from './log.js';
-import { Pipeline, type ApprovalSummary } from './pipeline.js';
+import { Pipeline, signersOf, type ApprovalSummary } from './pipeline.js';
 import { SERVER_NAME } from './server/index.js';
 import { parseApprovalText } from './approvals/frontmatter.js';
 import { readFile } from 'node:fs/promises';
@@ -187,6 +188,8 @@ export async function decideCommand(
     reason?: string;
     comment?: string;
     second?: string;
+    /** Signed environments: the private key (or a .pub whose key the ssh-agent holds); default as ssh-keygen. */
+    key?: string;
   },
   options: { waitSeconds: number; style: SaveStyle },
   output: Output,
@@ -195,17 +198,50 @@ export async function decideCommand(
   if (before.decision) {
     throw new GateError('ALREADY_DECIDED', `${id} was already decided: ${before.decision.status}.`);
   }
-  await decideInFile(
-    before.file,
-    {
-      status: decision.status,
-      decidedBy: decision.as,
-      ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
-      ...(decision.comment !== undefined ? { comments: decision.comment } : {}),
-      ...(decision.second !== undefined ? { secondApprover: decision.second } : {}),
-    },
-    options.style,
-  );
+  const { request } = before;
+  const signed = signersOf(pipeline.config, request.command.environment) !== null;
+  const shown = parseApprovalText(await readFile(before.file, 'utf8')).data;
+  // Two approvers: whoever approves after another person's approval is the second one.
+  const asSecond =
+    decision.status === 'APPROVED' &&
+    request.approvals_required === 2 &&
+    shown.status === 'APPROVED' &&
+    typeof shown.decided_by === 'string' &&
+    shown.decided_by.trim() !== '' &&
+    shown.decided_by !== decision.as;
+  const signature = signed
+    ? await signMessage(
+        canonicalMessage({
+          id,
+          requestHash: request.request_hash,
+          installation: pipeline.installation,
+          status: decision.status,
+          role: asSecond ? 'second_approver' : 'decided_by',
+          principal: decision.as,
+        }),
+        decision.key !== undefined ? { keyFile: decision.key } : {},
+      )
+    : undefined;
+  if (asSecond) {
+    await secondApprovalInFile(
+      before.file,
+      { name: decision.as, ...(signature !== undefined ? { signature } : {}) },
+      options.style,
+    );
+  } else {
+    await decideInFile(
+      before.file,
+      {
+        status: decision.status,
+        decidedBy: decision.as,
+        ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
+        ...(decision.comment !== undefined ? { comments: decision.comment } : {}),
+        ...(decision.second !== undefined ? { secondApprover: decision.second } : {}),
+        ...(signature !== undefined ? { signature } : {}),
+      },
+      options.style,
+    );
+  }
   const deadline = Date.now() + options.waitSeconds * 1000;
   for (;;) {
     const status = await pipeline.status(id);

@@ -66,6 +66,29 @@ const EnvironmentConfig = z
       .partialRecord(z.enum(RISK_CODES), z.enum(['allow', 'refuse', 'two_approvers']))
       .default({})
       .describe('Per risk finding: refuse the request outright, or require two different approvers.'),
+    allowed_signers: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "OpenSSH allowed_signers file (relative to this config file), as git's gpg.ssh.allowedSignersFile: " +
+          'decisions here count only with an SSH signature (namespace approval-gate) by a key listed for the ' +
+          'principal in decided_by. The file and the config must not be writable by the agent.',
+      ),
+    revoked_keys: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'With allowed_signers: keys no longer trusted (ssh-keygen -Y verify -r): public keys or a KRL.',
+      ),
+    require_user_presence: z
+      .boolean()
+      .default(false)
+      .describe(
+        'With allowed_signers: refuse FIDO (sk-) signatures made without a touch, so an agent driving a loaded ' +
+          'ssh-agent cannot sign silently.',
+      ),
   })
   .strict();
 
@@ -288,6 +311,29 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+/**
+ * A signed environment takes decisions only from signatures: a policy that approves on its own would
+ * bypass them, and the signing options mean nothing without the file.
+ */
+function signingIssues(input: unknown): string[] {
+  if (!isRecord(input) || !isRecord(input.environments)) return [];
+  const issues: string[] = [];
+  for (const [name, environment] of Object.entries(input.environments)) {
+    if (!isRecord(environment)) continue;
+    if (environment.allowed_signers === undefined) {
+      for (const key of ['revoked_keys', 'require_user_presence'] as const) {
+        if (environment[key] !== undefined)
+          issues.push(`  - environments.${name}.${key}: only means something with allowed_signers`);
+      }
+    } else if (environment.require_approval !== undefined && environment.require_approval !== 'always') {
+      issues.push(
+        `  - environments.${name}.require_approval: "${name}" takes signed decisions only (allowed_signers); only "always" is accepted`,
+      );
+    }
+  }
+  return issues;
+}
+
 /** Production-like environments may never skip approval. */
 function productionIssues(input: unknown): string[] {
   if (!isRecord(input) || !isRecord(input.environments)) return [];
@@ -329,7 +375,7 @@ function crossReferenceIssues(input: unknown): string[] {
 /** Validates an already-read config object. `baseDir` anchors relative paths. */
 export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
   const result = ConfigSchema.safeParse(input);
-  const crossIssues = [...crossReferenceIssues(input), ...productionIssues(input)];
+  const crossIssues = [...crossReferenceIssues(input), ...productionIssues(input), ...signingIssues(input)];
   if (!result.success || crossIssues.length > 0) {
     const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join(
       '\n',
@@ -347,8 +393,21 @@ export function parseConfig(input: unknown, baseDir: string, configPath: string 
         ? { ...database, path: path.resolve(baseDir, database.path) }
         : database;
   }
+  const environments: typeof parsed.environments = {};
+  for (const [name, environment] of Object.entries(parsed.environments)) {
+    environments[name] = {
+      ...environment,
+      ...(environment.allowed_signers !== undefined
+        ? { allowed_signers: path.resolve(baseDir, environment.allowed_signers) }
+        : {}),
+      ...(environment.revoked_keys !== undefined
+        ? { revoked_keys: path.resolve(baseDir, environment.revoked_keys) }
+        : {}),
+    };
+  }
   return {
     ...parsed,
+    environments,
     databases,
     configPath,
     baseDir: path.resolve(baseDir),

@@ -16,6 +16,9 @@ import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
 import { assertOneLine, assertVisible } from './approvals/invisible.js';
 import { hasOutcomeMarker } from './approvals/sections.js';
+import { checkTrustedSigners, type TrustedSigners } from './approvals/signature.js';
+import { recheckRecordedSignatures } from './approvals/signed-decision.js';
+import { assertTrustAnchors, type Transport } from './trust-anchors.js';
 import { Notifier } from './approvals/notify.js';
 import { Priority, type Config } from './config.js';
 import { openDatabase, withSession } from './db.js';
@@ -158,6 +161,37 @@ export interface PipelineOptions {
   readonly role?: 'server' | 'client';
   readonly env?: NodeJS.ProcessEnv;
   readonly serverName?: string;
+  /**
+   * How MCP clients reach this server. Over stdio the client spawned it, so it runs as the agent's own
+   * OS user; trust anchors must then be out of that user's reach too (see trust-anchors.ts).
+   */
+  readonly transport?: Transport;
+}
+
+/**
+ * Refuses to start a server with a signed environment whose trust anchors (allowed_signers, revoked
+ * keys, the config file) the agent could edit, or whose signers cannot be checked; warns, for each
+ * environment without allowed_signers, that its decisions are not authenticated.
+ */
+async function assertSigningReady(config: Config, transport: Transport, log: Logger): Promise<void> {
+  const anchors: { role: string; path: string }[] = [];
+  for (const name of Object.keys(config.environments)) {
+    const signers = signersOf(config, name);
+    if (signers === null) {
+      log.warn(
+        { environment: name },
+        `decisions in the ${name} environment are not authenticated: anyone who can edit its approval files can approve (set allowed_signers to require SSH signatures)`,
+      );
+      continue;
+    }
+    await checkTrustedSigners(signers);
+    anchors.push({ role: `allowed_signers of ${name}`, path: signers.allowedSigners });
+    if (signers.revokedKeys !== null)
+      anchors.push({ role: `revoked_keys of ${name}`, path: signers.revokedKeys });
+  }
+  if (anchors.length === 0) return;
+  if (config.configPath !== null) anchors.push({ role: 'config file', path: config.configPath });
+  await assertTrustAnchors(anchors, { transport });
 }
 
 interface Target {
@@ -169,6 +203,24 @@ type LocalExecution =
   | { readonly state: 'running'; readonly note?: string }
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
+
+/** The trusted signers of a signed environment (allowed_signers), or null where decisions are not signed. */
+export function signersOf(config: Config, environment: string): TrustedSigners | null {
+  const settings = config.environments[environment];
+  if (settings?.allowed_signers === undefined) return null;
+  return {
+    allowedSigners: settings.allowed_signers,
+    revokedKeys: settings.revoked_keys ?? null,
+    requireUserPresence: settings.require_user_presence,
+  };
+}
+
+/** Who signed a decision, with which key: for the Outcome section and the audit trail. */
+function signatureLines(decision: Decision): string[] {
+  return decision.signatures.map(
+    (s) => `Signed (${s.role}) by ${s.principal} with ${s.key_type} key ${s.fingerprint}`,
+  );
+}
 
 /** `inner` is `outer` or below it; `outer + sep` so that /migrations-evil is not inside /migrations. */
 function isWithin(outer: string, inner: string): boolean {
@@ -288,6 +340,7 @@ export class Pipeline {
       log: this.#log,
       timeZone: config.timezone,
       approversFor: (request) => config.environments[request.command.environment]?.approvers ?? null,
+      signersFor: (request) => signersOf(config, request.command.environment),
       autoApproval: (request) => {
         const policy = config.environments[request.command.environment]?.require_approval ?? 'always';
         if (policy === 'never' || (policy === 'not_for_dry_runs' && request.command.dry_run)) {
@@ -308,6 +361,9 @@ export class Pipeline {
 
   /** Opens the store, starts the gate and resumes every request left undecided or unexecuted. */
   static async open(config: Config, options: PipelineOptions): Promise<Pipeline> {
+    if ((options.role ?? 'server') === 'server') {
+      await assertSigningReady(config, options.transport ?? 'stdio', options.log);
+    }
     const store = await ApprovalStore.open(config.approvalsDir, config.stateDir);
     const pipeline = new Pipeline(config, store, options);
     if (pipeline.#role === 'server') {
@@ -499,6 +555,10 @@ export class Pipeline {
           lockTimeoutMs: this.config.executor.lock_timeout_ms,
           statementTimeoutMs: this.config.executor.statement_timeout_ms,
           serverName: this.#serverName,
+          signing:
+            signersOf(this.config, command.environment) === null
+              ? null
+              : { installation: this.#store.installation },
         }),
     );
     this.#log.info(
@@ -617,6 +677,7 @@ export class Pipeline {
       claimed_decided_at: null,
       second_approver: null,
       reason: `Withdrawn by ${who.by}: ${who.reason}`,
+      signatures: [],
     };
     const standing = await this.#store.recordDecision(id, decision);
     if (standing !== decision) {
@@ -639,6 +700,11 @@ export class Pipeline {
 
   filePath(id: string): string {
     return this.#store.filePath(id);
+  }
+
+  /** This installation's id, which signed decisions name. */
+  get installation(): string {
+    return this.#store.installation;
   }
 
   /** Why a file's content was not accepted, for any id (including ones this server never issued). */
@@ -835,7 +901,7 @@ export class Pipeline {
           renderOutcomeSection({
             decision,
             summary: 'Rejected; nothing was executed.',
-            details: [`Reason: ${decision.reason ?? ''}`],
+            details: [`Reason: ${decision.reason ?? ''}`, ...signatureLines(decision)],
           }),
         );
         break;
@@ -918,6 +984,17 @@ export class Pipeline {
           `The approval was given to ${decision.approval_id} (${decision.request_hash}), not to ${id}; nothing was run.`,
         );
       }
+      // In a signed environment the decision's signatures are verified again, for this record as it is
+      // now: a decision written into the state directory by anyone but the gate carries none that hold.
+      const signers = signersOf(this.config, command.environment);
+      if (signers !== null) {
+        const signed = await recheckRecordedSignatures(decision, request, {
+          signers,
+          installation: this.#store.installation,
+        });
+        if (!signed.ok)
+          throw new GateError(signed.code, `The approval is not signed as required: ${signed.message}`);
+      }
       const analysis = await analyseSql(command.sql);
       findings = this.#assess(analysis);
       ({ result, ranHere } = await this.#target(command.database).executor.run(
@@ -949,16 +1026,17 @@ export class Pipeline {
       if (ranHere) crashPoint('after-commit');
     } catch (error) {
       const certain =
-        error instanceof GateError &&
-        [
-          'LEDGER_UNAVAILABLE',
-          'LEDGER_CONFLICT',
-          'BACKUP_FAILED',
-          'LEDGER_WRITE_FAILED',
-          'SESSION_NOT_CLEAN',
-          'RECORD_TAMPERED',
-          'DECISION_NOT_BOUND',
-        ].includes(error.code);
+        (error instanceof GateError &&
+          [
+            'LEDGER_UNAVAILABLE',
+            'LEDGER_CONFLICT',
+            'BACKUP_FAILED',
+            'LEDGER_WRITE_FAILED',
+            'SESSION_NOT_CLEAN',
+            'RECORD_TAMPERED',
+            'DECISION_NOT_BOUND',
+          ].includes(error.code)) ||
+        (error instanceof GateError && error.code.startsWith('SIGNATURE_'));
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
@@ -1022,6 +1100,7 @@ export class Pipeline {
             `Backup (${result.backup.method}) of ${result.backup.tables.join(', ') || 'no existing table'}: ${result.backup.location || 'nothing to copy'}`,
           ]
         : []),
+      ...signatureLines(decision),
       `Executed by ${result.executed_by}`,
     ];
     await this.#writeToFile(

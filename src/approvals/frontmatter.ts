@@ -144,7 +144,9 @@ export function updateFrontMatter(raw: string, fields: Readonly<Record<string, F
     }
     if (isScalar(existing) && existing.value === value) continue;
     const node = new Scalar(value);
-    if (typeof value === 'string') node.type = Scalar.QUOTE_DOUBLE;
+    // A signature spans lines: a block keeps it readable, as a human would paste it.
+    if (typeof value === 'string')
+      node.type = value.includes('\n') ? Scalar.BLOCK_LITERAL : Scalar.QUOTE_DOUBLE;
     document.set(key, node);
     changed = true;
   }

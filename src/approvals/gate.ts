@@ -6,7 +6,9 @@ import { crashPoint } from '../faults.js';
 import type { Logger } from '../log.js';
 import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
 import type { AuditLog } from './audit.js';
-import { evaluateDecision } from './decision.js';
+import { evaluateDecision, type DecisionVerdict } from './decision.js';
+import type { TrustedSigners } from './signature.js';
+import { checkSignatures, requiredRoles, type SignatureCheck } from './signed-decision.js';
 import { updateFrontMatter } from './frontmatter.js';
 import type { ApprovalRequest, Decision } from './request.js';
 import { ApprovalStore } from './store.js';
@@ -29,6 +31,8 @@ export interface GateOptions {
   readonly watchFiles: boolean;
   /** The approver allowlist of the request's environment, or null for "anyone but the requester". */
   readonly approversFor: (request: ApprovalRequest) => readonly string[] | null;
+  /** The environment's trusted signers, when its decisions must be signed (allowed_signers). */
+  readonly signersFor: (request: ApprovalRequest) => TrustedSigners | null;
   /** Why the environment policy lets this request run without a human, or null (the normal case). */
   readonly autoApproval: (request: ApprovalRequest) => string | null;
   /** Called once per accepted decision, in the instance that recorded it. */
@@ -229,6 +233,7 @@ export class Gate {
       claimed_decided_at: null,
       second_approver: null,
       reason,
+      signatures: [],
     });
     if (now.getTime() >= Date.parse(request.expires_at)) {
       await this.#accept(
@@ -297,7 +302,21 @@ export class Gate {
         );
         return;
       case 'approved':
-      case 'rejected':
+      case 'rejected': {
+        const signed = await this.#signatures(request, verdict, file.parsed.data, now);
+        if (!signed.ok) {
+          if (this.#setProblem(tracked, { code: signed.code, message: signed.message })) {
+            await this.#options.audit.append({
+              approval_id: request.id,
+              event: 'decision_refused',
+              actor: verdict.decidedBy,
+              request_hash: request.request_hash,
+              detail: `${signed.code}: ${signed.message}`,
+            });
+          }
+          await this.#showProblem(request.id, tracked.problem, file.parsed.data.gate_error);
+          return;
+        }
         log.info(
           { approval_id: request.id, decision: verdict.kind, decided_by: verdict.decidedBy },
           'decision seen',
@@ -307,9 +326,39 @@ export class Gate {
           claimed_decided_at: verdict.claimedDecidedAt,
           second_approver: verdict.kind === 'approved' ? verdict.secondApprover : null,
           reason: verdict.kind === 'rejected' ? verdict.reason : verdict.comment,
+          signatures: signed.signatures,
         });
         return;
+      }
     }
+  }
+
+  /** In a signed environment, the decision's signatures; elsewhere there are none to check. */
+  async #signatures(
+    request: ApprovalRequest,
+    verdict: Extract<DecisionVerdict, { kind: 'approved' | 'rejected' }>,
+    data: Readonly<Record<string, unknown>>,
+    now: Date,
+  ): Promise<SignatureCheck> {
+    const signers = this.#options.signersFor(request);
+    if (signers === null) return { ok: true, signatures: [] };
+    const status = verdict.kind === 'approved' ? 'APPROVED' : 'REJECTED';
+    const roles = requiredRoles(
+      {
+        status,
+        decided_by: verdict.decidedBy,
+        second_approver: verdict.kind === 'approved' ? verdict.secondApprover : null,
+      },
+      request,
+    ).map((role) => ({
+      ...role,
+      armored: role.role === 'decided_by' ? data.signature : data.second_signature,
+    }));
+    return checkSignatures(request, status, roles, {
+      signers,
+      installation: this.#options.store.installation,
+      now,
+    });
   }
 
   /** A missing file may be an editor's delete-and-recreate save; only a lasting absence cancels. */
@@ -467,7 +516,14 @@ export class Gate {
       event: events[decision.status],
       actor: decision.decided_by ?? 'server',
       request_hash: request.request_hash,
-      ...(decision.reason ? { detail: decision.reason } : {}),
+      ...(decision.reason || decision.signatures.length > 0
+        ? {
+            detail: [
+              ...(decision.reason ? [decision.reason] : []),
+              ...decision.signatures.map((s) => `signed (${s.role}) by ${s.principal}, key ${s.fingerprint}`),
+            ].join('; '),
+          }
+        : {}),
     });
     this.events.emit('changed', request.id);
     await onDecision(request, decision);

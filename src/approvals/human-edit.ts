@@ -13,6 +13,25 @@ export interface HumanDecision {
   readonly reason?: string;
   readonly comments?: string;
   readonly secondApprover?: string;
+  /** In a signed environment: decided_by's SSH signature (armored). */
+  readonly signature?: string;
+}
+
+/**
+ * The second approver's part of a decision another person already wrote: their name and, in a signed
+ * environment, their signature; status and decided_by stay as they are.
+ */
+export async function secondApprovalInFile(
+  file: string,
+  second: { readonly name: string; readonly signature?: string },
+  style: SaveStyle = 'rename',
+): Promise<void> {
+  const text = await readFile(file, 'utf8');
+  const edited = updateFrontMatter(text, {
+    second_approver: second.name,
+    ...(second.signature !== undefined ? { second_signature: second.signature } : {}),
+  });
+  await saveAs(file, edited, style);
 }
 
 /** Saves `text` to `file` the way an editor with `style` would. */
@@ -44,6 +63,7 @@ export async function decideInFile(
     ...(decision.reason !== undefined ? { reason: decision.reason } : {}),
     ...(decision.comments !== undefined ? { comments: decision.comments } : {}),
     ...(decision.secondApprover !== undefined ? { second_approver: decision.secondApprover } : {}),
+    ...(decision.signature !== undefined ? { signature: decision.signature } : {}),
   });
   await saveAs(file, edited, style);
 }

@@ -5,6 +5,7 @@ import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
 import type { ApprovalRequest, Decision } from './request.js';
+import { canonicalMessage, SIGNATURE_NAMESPACE, type SignedDecision } from './signature.js';
 
 /** What the server computed about the SQL, shown beside the agent's own words. */
 export interface StatementSummary {
@@ -23,6 +24,8 @@ export interface RenderContext {
   readonly statementTimeoutMs: number;
   /** Name of this MCP server as written in the Execution Command block. */
   readonly serverName: string;
+  /** Set when the environment takes signed decisions only (allowed_signers): this installation's id. */
+  readonly signing?: { readonly installation: string } | null;
 }
 
 /** Placeholders the file ships with; the gate never takes them for a human's words. */
@@ -147,7 +150,9 @@ export function renderApprovalFile(request: ApprovalRequest, context: RenderCont
     request_hash: request.request_hash,
     ...(request.rollback_of ? { rollback_of: request.rollback_of } : {}),
     decided_by: '',
+    ...(context.signing ? { signature: '' } : {}),
     ...(request.approvals_required === 2 ? { second_approver: '' } : {}),
+    ...(request.approvals_required === 2 && context.signing ? { second_signature: '' } : {}),
     decided_at: '',
     reason: '',
   });
@@ -284,10 +289,48 @@ Decide in the front matter at the top of this file (the Status line above is onl
 3. **REQUIRED:** give a reason in \`reason: "…"\` or on the **Comments:** line above
 4. Save the file
 
+${signingInstructions(request, context.signing ?? null)}
+
 **Note:** Decisions after ${plainText(request.expires_at)} are not accepted. The server notices a save within
 milliseconds; a decision it cannot accept (a typo in the status, a missing name or reason) executes
 nothing and is explained in \`gate_error\` in the front matter, so you can correct it and save again.
 `;
+}
+
+/** The exact shell line that signs the canonical message of `role` for this request. */
+function signCommand(request: ApprovalRequest, installation: string, role: SignedDecision['role']): string {
+  const lines = canonicalMessage({
+    id: request.id,
+    requestHash: request.request_hash,
+    installation,
+    status: 'APPROVED',
+    role,
+    principal: 'you@example.com',
+  })
+    .replace(/\n$/, '')
+    .split('\n');
+  return `printf '%s\\n' ${lines.map((line) => `'${line}'`).join(' ')} | ssh-keygen -Y sign -n ${SIGNATURE_NAMESPACE} -f ~/.ssh/id_ed25519`;
+}
+
+/** How to decide: with a signature where the environment requires one, else an honest warning. */
+function signingInstructions(
+  request: ApprovalRequest,
+  signing: { readonly installation: string } | null,
+): string {
+  const environment = plainText(request.command.environment);
+  if (signing === null) {
+    return `**Not authenticated:** decisions in the ${environment} environment are not signed, so anyone who can edit this file can approve it (the environment has no \`allowed_signers\`).`;
+  }
+  const second =
+    request.approvals_required === 2
+      ? `\n\nTwo approvers are required: the second runs the same approve command with their own name (it fills \`second_approver\` and \`second_signature\`), or signs by hand with \`second_approver: …\` as the last line of the message and pastes it as \`second_signature: |\`.`
+      : '';
+  return `**Signed decisions required.** In the ${environment} environment a decision counts only with an SSH signature (namespace \`${SIGNATURE_NAMESPACE}\`) by a key that its allowed_signers file lists for the name in \`decided_by\` (such as \`dana@example.com\`).
+
+- In one step, signing with your SSH key or ssh-agent and making this edit: \`approval-gate approvals approve ${request.id} --as you@example.com [--key ~/.ssh/id_ed25519]\`, or \`approval-gate approvals reject ${request.id} --as you@example.com --reason "…"\`
+- By hand: set \`status\` and \`decided_by\`, then sign this message with your name on its last line and the status you chose (APPROVED or REJECTED), and paste the output as \`signature: |\` in the front matter, each line indented by two spaces:
+
+${codeBlock('sh', signCommand(request, signing.installation, 'decided_by'))}${second}`;
 }
 
 export interface OutcomeSection {

@@ -73,6 +73,18 @@ export const DecisionStatus = z
       'CANCELLED: the file was deleted or moved away while pending.',
   );
 
+/** A signature the gate verified for a decision, kept so that it can be verified again before running. */
+export const DecisionSignature = z
+  .object({
+    role: z.enum(['decided_by', 'second_approver']),
+    principal: z.string(),
+    fingerprint: z.string().describe('SHA256 fingerprint of the signing key, as ssh-keygen -l prints it.'),
+    key_type: z.string(),
+    armored: z.string().describe('The SSH signature as written in the file.'),
+  })
+  .strict();
+export type DecisionSignature = z.infer<typeof DecisionSignature>;
+
 export const Decision = z
   .object({
     approval_id: ApprovalId.describe('The request this decision is about; it never applies to another.'),
@@ -92,6 +104,10 @@ export const Decision = z
       .default(null)
       .describe('The second approver, when two were required.'),
     reason: z.string().nullable(),
+    signatures: z
+      .array(DecisionSignature)
+      .default([])
+      .describe('In an environment with allowed_signers: the verified signatures the decision rests on.'),
   })
   .strict();
 export type Decision = z.infer<typeof Decision>;
@@ -131,6 +147,19 @@ export const ApprovalFrontMatter = z
       .describe('When two approvers are required: a second person, not decided_by and not the requester.'),
     decided_at: z.string().optional().describe('Informational; the server records its own time.'),
     reason: z.string().optional().describe('Required for REJECTED (or the Comments line in the body).'),
+    signature: z
+      .string()
+      .optional()
+      .describe(
+        'Where the environment has allowed_signers: the SSH signature (-----BEGIN SSH SIGNATURE-----, as a YAML ' +
+          'block) of decided_by over the message in Human Instructions (ssh-keygen -Y sign -n approval-gate).',
+      ),
+    second_signature: z
+      .string()
+      .optional()
+      .describe(
+        "The second approver's SSH signature, when two approvers are required in a signed environment.",
+      ),
     comments: z.string().optional(),
     gate_error: z.string().optional().describe('Written by the server: why your last edit was not accepted.'),
     execution: z.enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown']).optional(),

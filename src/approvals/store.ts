@@ -58,11 +58,17 @@ async function createExclusive(target: string, content: string, mode: number): P
 
 export class ApprovalStore {
   readonly approvalsDir: string;
+  /**
+   * This installation's identity, made once per state directory. Signed decisions name it, so a
+   * signature for APR-…-001 here never counts for APR-…-001 of another installation.
+   */
+  readonly installation: string;
   readonly #records: string;
   readonly #decisions: string;
 
-  private constructor(approvalsDir: string, stateDir: string) {
+  private constructor(approvalsDir: string, stateDir: string, installation: string) {
     this.approvalsDir = approvalsDir;
+    this.installation = installation;
     this.#records = path.join(stateDir, 'records');
     this.#decisions = path.join(stateDir, 'decisions');
   }
@@ -71,7 +77,16 @@ export class ApprovalStore {
     await mkdir(approvalsDir, { recursive: true });
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
     await chmod(stateDir, 0o700);
-    const store = new ApprovalStore(approvalsDir, stateDir);
+    const identity = path.join(stateDir, 'installation');
+    await createExclusive(identity, `${randomBytes(16).toString('hex')}\n`, 0o600);
+    const installation = (await readFile(identity, 'utf8')).trim();
+    if (!/^[0-9a-f]{32}$/.test(installation)) {
+      throw new GateError(
+        'STATE_CORRUPT',
+        `${identity} does not hold an installation id; restore or remove it.`,
+      );
+    }
+    const store = new ApprovalStore(approvalsDir, stateDir, installation);
     await mkdir(store.#records, { recursive: true, mode: 0o700 });
     await mkdir(store.#decisions, { recursive: true, mode: 0o700 });
     return store;

@@ -90,7 +90,7 @@ export async function serveHttp(
     );
   }
   const host = overrides.host ?? config.http.host;
-  const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME });
+  const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME, transport: 'http' });
   const sessions = new Map<string, Session>();
   /** Initializes under way: not in `sessions` yet, but they count against max_sessions. */
   let initializing = 0;

@@ -6,7 +6,7 @@ import { createServer, SERVER_NAME } from './index.js';
 
 /** Serves MCP on stdin/stdout until the client closes the stream or a signal arrives. */
 export async function serveStdio(config: Config, log: Logger): Promise<void> {
-  const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME });
+  const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME, transport: 'stdio' });
   const server = createServer(pipeline);
   const transport = new StdioServerTransport();
   let closing = false;

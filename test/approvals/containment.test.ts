@@ -259,6 +259,7 @@ describe('security: agent text cannot change what a reviewer sees', () => {
           claimed_decided_at: null,
           second_approver: null,
           reason: null,
+          signatures: [],
         },
         summary: 'Failed <!-- hidden',
         details: [`Error: ${error}`],

@@ -41,6 +41,7 @@ async function harness(): Promise<Harness> {
     audit: new AuditLog(path.join(dir, 'state'), () => now),
     timeZone: null,
     approversFor: () => null,
+    signersFor: () => null,
     autoApproval: () => null,
     clock: () => now,
     log: silentLogger,

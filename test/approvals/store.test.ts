@@ -58,8 +58,8 @@ describe('approval store', () => {
     } as const;
     const reject = { ...approve, status: 'REJECTED', reason: 'late' } as const;
     const [a, b] = await Promise.all([
-      store.recordDecision(request.id, approve),
-      store.recordDecision(request.id, reject),
+      store.recordDecision(request.id, { ...approve, signatures: [] }),
+      store.recordDecision(request.id, { ...reject, signatures: [] }),
     ]);
     expect(a).toEqual(b);
     expect(await store.readDecision(request.id)).toEqual(a);

@@ -32,6 +32,7 @@ describe('security: the tamper check reads sections as a Markdown preview shows 
         claimed_decided_at: null,
         second_approver: null,
         reason: null,
+        signatures: [],
       },
       summary: 'Executed.',
       details: [],
