@@ -1,18 +1,33 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { access, chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GateError, describeError } from '../errors.js';
+import {
+  describeWindow,
+  matchesPatternList,
+  parseAllowedSigners,
+  withinWindow,
+  type AllowedSigner,
+} from './allowed-signers.js';
+import {
+  ARMOR_BEGIN,
+  armorSshSignature,
+  decodeKey,
+  keyFingerprint,
+  parseSshSignature,
+  signedWithUserPresence,
+  type SshSignature,
+} from './sshsig.js';
 
 /**
  * Signed decisions. In a protected environment a decision counts only with an SSH signature the agent
  * cannot make: the agent runs as the server's OS user and can write every file the server can, so a
  * name in a file proves nothing. OpenSSH's own `ssh-keygen -Y find-principals` / `-Y verify` judge the
  * signature against an `allowed_signers` file (the format git uses for `gpg.ssh.allowedSignersFile`).
- * This module does no cryptography of its own: it only reads the documented SSHSIG armor and blob
- * (PROTOCOL.sshsig, PROTOCOL.u2f) and the allowed_signers file, to name precisely what is wrong.
+ * No cryptography of its own: it only reads the documented SSHSIG armor and blob (./sshsig.ts) and
+ * the allowed_signers file (./allowed-signers.ts), to name precisely what is wrong.
  */
 
 export const SIGNATURE_NAMESPACE = 'approval-gate';
@@ -86,374 +101,6 @@ export function canonicalMessage(decision: SignedDecision): string {
       );
   }
   return `${MESSAGE_HEADER}\n${fields.map(([key, value]) => `${key}: ${value}\n`).join('')}`;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// SSHSIG armor and blob (PROTOCOL.sshsig)
-
-const ARMOR_BEGIN = '-----BEGIN SSH SIGNATURE-----';
-const ARMOR_END = '-----END SSH SIGNATURE-----';
-const MAGIC = 'SSHSIG';
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-const USER_PRESENCE = 0x01;
-
-export interface SshSignature {
-  /** The whole decoded blob. */
-  readonly blob: Buffer;
-  /** The signer's public key blob (SSH wire format), its type the blob's first string. */
-  readonly publicKey: Buffer;
-  readonly keyType: string;
-  readonly namespace: string;
-  readonly hashAlgorithm: string;
-  /** The signature's own algorithm, e.g. `ssh-ed25519`, `rsa-sha2-512`, `sk-ssh-ed25519@openssh.com`. */
-  readonly signatureType: string;
-  /** For sk- signatures (PROTOCOL.u2f) the authenticator flags byte and counter; null otherwise. */
-  readonly sk: { readonly flags: number; readonly counter: number } | null;
-}
-
-class WireReader {
-  private offset = 0;
-  constructor(
-    private readonly bytes: Buffer,
-    private readonly what: string,
-  ) {}
-
-  get done(): boolean {
-    return this.offset === this.bytes.length;
-  }
-
-  take(length: number): Buffer {
-    if (this.offset + length > this.bytes.length)
-      throw new GateError('SIGNATURE_MALFORMED', `The ${this.what} ends too early.`);
-    const slice = this.bytes.subarray(this.offset, this.offset + length);
-    this.offset += length;
-    return slice;
-  }
-
-  byte(): number {
-    return this.take(1).readUInt8(0);
-  }
-
-  uint32(): number {
-    return this.take(4).readUInt32BE(0);
-  }
-
-  string(): Buffer {
-    return this.take(this.uint32());
-  }
-
-  text(): string {
-    return this.string().toString('utf8');
-  }
-}
-
-function malformed(message: string): GateError {
-  return new GateError('SIGNATURE_MALFORMED', message);
-}
-
-/** The blob inside an armored signature; tolerates surrounding whitespace, indentation and CRLF. */
-function dearmor(armored: string): Buffer {
-  const lines = armored
-    .replace(/\r\n?/g, '\n')
-    .split('\n')
-    .map((line) => line.trim())
-    .filter((line) => line !== '');
-  if (lines[0] !== ARMOR_BEGIN || lines[lines.length - 1] !== ARMOR_END || lines.length < 3)
-    throw malformed(
-      `The signature is not an SSH signature block: it must start with "${ARMOR_BEGIN}" and end with "${ARMOR_END}".`,
-    );
-  const body = lines.slice(1, -1).join('');
-  if (!BASE64.test(body) || body.length % 4 !== 0)
-    throw malformed('The signature block is not valid base64: paste the whole block exactly as printed.');
-  return Buffer.from(body, 'base64');
-}
-
-function parseSignatureField(signature: Buffer): Pick<SshSignature, 'signatureType' | 'sk'> {
-  const reader = new WireReader(signature, 'signature field');
-  const signatureType = reader.text();
-  reader.string();
-  // PROTOCOL.u2f: an sk signature string continues with `byte flags, uint32 counter`.
-  const sk = signatureType.startsWith('sk-') ? { flags: reader.byte(), counter: reader.uint32() } : null;
-  if (!reader.done) throw malformed('The signature field has trailing bytes.');
-  return { signatureType, sk };
-}
-
-/** Parses an SSHSIG blob (already decoded from base64). Throws GateError('SIGNATURE_MALFORMED'). */
-export function parseSshSignatureBlob(blob: Buffer): SshSignature {
-  const reader = new WireReader(blob, 'signature blob');
-  if (reader.take(MAGIC.length).toString('latin1') !== MAGIC)
-    throw malformed('The signature block does not contain an SSHSIG signature (wrong magic).');
-  const version = reader.uint32();
-  if (version !== 1) throw malformed(`The signature has SSHSIG version ${version}; only version 1 is known.`);
-  const publicKey = reader.string();
-  const namespace = reader.text();
-  reader.string(); // reserved
-  const hashAlgorithm = reader.text();
-  const signature = reader.string();
-  if (!reader.done) throw malformed('The signature blob has trailing bytes.');
-  if (hashAlgorithm !== 'sha256' && hashAlgorithm !== 'sha512')
-    throw malformed(`The signature uses the unknown hash algorithm "${hashAlgorithm}".`);
-  const keyType = new WireReader(publicKey, 'public key').text();
-  if (keyType === '') throw malformed('The signature carries an empty public key.');
-  return { blob, publicKey, keyType, namespace, hashAlgorithm, ...parseSignatureField(signature) };
-}
-
-/** Parses the text of an `-----BEGIN SSH SIGNATURE-----` block. Throws GateError('SIGNATURE_MALFORMED'). */
-export function parseSshSignature(armored: string): SshSignature {
-  return parseSshSignatureBlob(dearmor(armored));
-}
-
-/**
- * Whether an SSHSIG blob's authenticator asserted user presence (a touch): true or false for sk- key
- * signatures, null for other key types, which have no such flag.
- */
-export function userPresence(blob: Buffer): boolean | null {
-  const { sk } = parseSshSignatureBlob(blob);
-  return sk === null ? null : (sk.flags & USER_PRESENCE) !== 0;
-}
-
-/** OpenSSH's fingerprint: `SHA256:` and the unpadded base64 SHA-256 of the public key blob. */
-export function keyFingerprint(publicKey: Buffer): string {
-  return `SHA256:${createHash('sha256').update(publicKey).digest('base64').replace(/=+$/, '')}`;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// allowed_signers (ssh-keygen(1), ALLOWED SIGNERS)
-
-export interface AllowedSigner {
-  /** 1-based line number in the file. */
-  readonly line: number;
-  /** The principals pattern-list, split on commas (patterns may use `*`, `?` and `!`). */
-  readonly principals: readonly string[];
-  readonly certAuthority: boolean;
-  /** The namespaces pattern-list, or null when the line does not restrict namespaces. */
-  readonly namespaces: readonly string[] | null;
-  readonly validAfter: Date | null;
-  readonly validBefore: Date | null;
-  readonly keyType: string;
-  /** The public key blob, base64 as written. */
-  readonly publicKey: string;
-  readonly comment: string | null;
-}
-
-const TIMESTAMP = /^(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?(Z?)$/;
-
-/**
- * OpenSSH's absolute time (YYYYMMDD[Z] or YYYYMMDDHHMM[SS][Z]): without Z it is the system's local
- * time, as ssh-keygen reads it. Null when the text is not such a time.
- */
-function parseOpenSshTime(text: string): Date | null {
-  const match = TIMESTAMP.exec(text);
-  if (match === null) return null;
-  const [, y, mo, d, h = '0', mi = '0', s = '0', zulu] = match;
-  const parts = [Number(y), Number(mo) - 1, Number(d), Number(h), Number(mi), Number(s)] as const;
-  const date = zulu === 'Z' ? new Date(Date.UTC(...parts)) : new Date(...parts);
-  const back =
-    zulu === 'Z'
-      ? [
-          date.getUTCFullYear(),
-          date.getUTCMonth(),
-          date.getUTCDate(),
-          date.getUTCHours(),
-          date.getUTCMinutes(),
-        ]
-      : [date.getFullYear(), date.getMonth(), date.getDate(), date.getHours(), date.getMinutes()];
-  return back.every((value, index) => value === parts[index]) && parts[5] < 60 ? date : null;
-}
-
-/** Reads one whitespace-delimited field that may contain double-quoted parts (principals, options). */
-function quotedField(text: string): { field: string; rest: string } {
-  let inQuotes = false;
-  let index = 0;
-  for (; index < text.length; index++) {
-    const char = text[index];
-    if (char === '"') inQuotes = !inQuotes;
-    else if (!inQuotes && (char === ' ' || char === '\t')) break;
-  }
-  if (inQuotes) throw new Error('unterminated quote');
-  return { field: text.slice(0, index), rest: text.slice(index).trimStart() };
-}
-
-function splitOptions(options: string): string[] {
-  const parts: string[] = [];
-  let current = '';
-  let inQuotes = false;
-  for (const char of options) {
-    if (char === '"') inQuotes = !inQuotes;
-    if (char === ',' && !inQuotes) {
-      parts.push(current);
-      current = '';
-    } else current += char;
-  }
-  parts.push(current);
-  return parts;
-}
-
-interface SignerOptions {
-  certAuthority: boolean;
-  namespaces: string[] | null;
-  validAfter: Date | null;
-  validBefore: Date | null;
-}
-
-function parseOptions(text: string): SignerOptions {
-  const options: SignerOptions = {
-    certAuthority: false,
-    namespaces: null,
-    validAfter: null,
-    validBefore: null,
-  };
-  for (const option of splitOptions(text)) {
-    const equals = option.indexOf('=');
-    const name = (equals === -1 ? option : option.slice(0, equals)).toLowerCase();
-    if (name === 'cert-authority' && equals === -1) {
-      options.certAuthority = true;
-      continue;
-    }
-    if (
-      name !== 'namespaces' &&
-      name !== 'valid-after' &&
-      name !== 'valid-before' &&
-      name !== 'cert-authority'
-    )
-      throw new Error(`unknown option "${name}"`);
-    if (equals === -1 || name === 'cert-authority') throw new Error(`option "${name}" is malformed`);
-    const raw = option.slice(equals + 1);
-    if (raw.length < 2 || !raw.startsWith('"') || !raw.endsWith('"') || raw.slice(1, -1).includes('"'))
-      throw new Error(`the value of "${name}" must be in double quotes`);
-    const value = raw.slice(1, -1);
-    if (name === 'namespaces') {
-      if (options.namespaces !== null) throw new Error('"namespaces" is given twice');
-      options.namespaces = value.split(',');
-      continue;
-    }
-    const time = parseOpenSshTime(value);
-    if (time === null) throw new Error(`"${name}" is not a time in the form YYYYMMDD[HHMM[SS]][Z]`);
-    const key = name === 'valid-after' ? 'validAfter' : 'validBefore';
-    if (options[key] !== null) throw new Error(`"${name}" is given twice`);
-    options[key] = time;
-  }
-  if (
-    options.validAfter !== null &&
-    options.validBefore !== null &&
-    options.validBefore <= options.validAfter
-  )
-    throw new Error('"valid-before" is not after "valid-after"');
-  return options;
-}
-
-const KEY_TYPES = new Set([
-  'ssh-ed25519',
-  'ssh-rsa',
-  'ssh-dss',
-  'ecdsa-sha2-nistp256',
-  'ecdsa-sha2-nistp384',
-  'ecdsa-sha2-nistp521',
-  'sk-ssh-ed25519@openssh.com',
-  'sk-ecdsa-sha2-nistp256@openssh.com',
-]);
-const CERT_SUFFIX = '-cert-v01@openssh.com';
-
-function isKeyType(word: string): boolean {
-  if (KEY_TYPES.has(word)) return true;
-  if (!word.endsWith(CERT_SUFFIX)) return false;
-  const base = word.slice(0, -CERT_SUFFIX.length);
-  return KEY_TYPES.has(base) || KEY_TYPES.has(`${base}@openssh.com`);
-}
-
-/** The decoded key blob when `base64` is a well-formed key of type `keyType`; null otherwise. */
-function decodeKey(keyType: string, base64: string): Buffer | null {
-  if (!BASE64.test(base64) || base64.length % 4 !== 0 || base64 === '') return null;
-  const blob = Buffer.from(base64, 'base64');
-  try {
-    return new WireReader(blob, 'public key').text() === keyType ? blob : null;
-  } catch {
-    return null;
-  }
-}
-
-/** `keytype base64 [comment]` at the start of `text`, or null. */
-function readKey(text: string): { keyType: string; publicKey: string; comment: string | null } | null {
-  const match = /^(\S+)[ \t]+(\S+)(?:[ \t]+(.*))?$/.exec(text);
-  if (match === null) return null;
-  const [, keyType = '', publicKey = '', comment] = match;
-  if (!isKeyType(keyType) || decodeKey(keyType, publicKey) === null) return null;
-  return { keyType, publicKey, comment: comment?.trim() || null };
-}
-
-/**
- * Parses allowed_signers text: `principals [options] keytype base64 [comment]`, `#` comments and blank
- * lines. Stricter than ssh-keygen, which skips a line it cannot read with only a warning: a typo that
- * silently drops a signer (or a validity limit) must stop the server instead.
- */
-export function parseAllowedSigners(text: string): AllowedSigner[] {
-  const signers: AllowedSigner[] = [];
-  text.split(/\r?\n/).forEach((raw, index) => {
-    const line = index + 1;
-    const content = raw.trim();
-    if (content === '' || content.startsWith('#')) return;
-    try {
-      const { field, rest } = quotedField(content);
-      const principals = field.replace(/^"(.*)"$/, '$1').split(',');
-      if (principals.some((principal) => principal === '')) throw new Error('a principal is empty');
-      let key = readKey(rest);
-      let options: SignerOptions = {
-        certAuthority: false,
-        namespaces: null,
-        validAfter: null,
-        validBefore: null,
-      };
-      if (key === null) {
-        const parts = quotedField(rest);
-        // A key type in the options position means the key itself is broken, not the options.
-        if (isKeyType(parts.field))
-          throw new Error(`the ${parts.field} public key is not a valid "keytype base64" pair`);
-        if (parts.field === '') throw new Error('the public key is missing');
-        options = parseOptions(parts.field);
-        key = readKey(parts.rest);
-        if (key === null) throw new Error('the public key is missing or not a valid "keytype base64" pair');
-      }
-      signers.push({ line, principals, ...options, ...key });
-    } catch (error) {
-      throw new GateError(
-        'ALLOWED_SIGNERS_INVALID',
-        `Line ${line} of the allowed signers file is not a valid entry (${describeError(error)}): ` +
-          'write it as `principals [options] keytype base64 [comment]`, e.g. `dana@example.com ssh-ed25519 AAAA…`.',
-        { context: { line } },
-      );
-    }
-  });
-  return signers;
-}
-
-/** OpenSSH's match_pattern: `*` any run, `?` one character, case-sensitive. */
-function matchPattern(text: string, pattern: string): boolean {
-  const regex = pattern
-    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-    .replace(/\*/g, '.*')
-    .replace(/\?/g, '.');
-  return new RegExp(`^${regex}$`, 's').test(text);
-}
-
-/** OpenSSH's match_pattern_list: a matching `!pattern` denies, otherwise any matching pattern allows. */
-export function matchesPatternList(text: string, patterns: readonly string[]): boolean {
-  let allowed = false;
-  for (const pattern of patterns) {
-    const negated = pattern.startsWith('!');
-    if (matchPattern(text, negated ? pattern.slice(1) : pattern)) {
-      if (negated) return false;
-      allowed = true;
-    }
-  }
-  return allowed;
-}
-
-function withinWindow(signer: AllowedSigner, now: Date): boolean {
-  // ssh-keygen judges whole seconds: valid when valid-after <= t <= valid-before.
-  const seconds = Math.floor(now.getTime() / 1000);
-  if (signer.validAfter !== null && seconds < signer.validAfter.getTime() / 1000) return false;
-  if (signer.validBefore !== null && seconds > signer.validBefore.getTime() / 1000) return false;
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -582,18 +229,11 @@ async function revocation(
     const words = line.trim().split(/\s+/);
     for (let index = 0; index + 1 < words.length; index++) {
       const keyType = words[index] ?? '';
-      const blob = isKeyType(keyType) ? decodeKey(keyType, words[index + 1] ?? '') : null;
+      const blob = decodeKey(keyType, words[index + 1] ?? '');
       if (blob !== null && blob.equals(signature.publicKey)) return revokedMessage;
     }
   }
   return null;
-}
-
-function describeWindow(signer: AllowedSigner): string {
-  const parts: string[] = [];
-  if (signer.validAfter !== null) parts.push(`from ${signer.validAfter.toISOString()}`);
-  if (signer.validBefore !== null) parts.push(`until ${signer.validBefore.toISOString()}`);
-  return parts.length === 0 ? 'without a time limit' : parts.join(' ');
 }
 
 /**
@@ -646,7 +286,7 @@ export async function verifySignature(
   try {
     return await withScratchDirectory(async (directory) => {
       const signaturePath = join(directory, 'decision.sig');
-      await writeFile(signaturePath, armor(signature.blob), { mode: 0o600 });
+      await writeFile(signaturePath, armorSshSignature(signature.blob), { mode: 0o600 });
 
       if (signers.revokedKeys !== null) {
         const revoked = await revocation(signers.revokedKeys, signature, directory, env);
@@ -708,7 +348,7 @@ export async function verifySignature(
           `The signing key ${fingerprint} is listed for ${decision.principal} only for other namespaces: add "${SIGNATURE_NAMESPACE}" to its namespaces= option in the allowed signers file.`,
         );
 
-      if (signers.requireUserPresence && signature.sk !== null && (signature.sk.flags & USER_PRESENCE) === 0)
+      if (signers.requireUserPresence && signedWithUserPresence(signature) === false)
         return refuse(
           'SIGNATURE_NO_USER_PRESENCE',
           `The security key ${fingerprint} signed without a touch (no user-presence flag): sign again with a key that requires touch.`,
@@ -747,13 +387,6 @@ export async function verifySignature(
   } catch (error) {
     return refuse('SIGNATURE_MISMATCH', `The signature could not be checked: ${describeError(error)}.`);
   }
-}
-
-/** Re-armors a blob the way ssh-keygen prints it (70-column base64 lines). */
-function armor(blob: Buffer): string {
-  const base64 = blob.toString('base64');
-  const lines = base64.match(/.{1,70}/g) ?? [];
-  return `${ARMOR_BEGIN}\n${lines.join('\n')}\n${ARMOR_END}\n`;
 }
 
 // ---------------------------------------------------------------------------------------------------

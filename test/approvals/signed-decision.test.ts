@@ -42,6 +42,12 @@ beforeAll(async () => {
     ledger_schema: ledgerSchema,
     environments: {
       production: { databases: ['main_db'], allowed_signers: 'allowed_signers' },
+      // Every ALTER here carries LOCK_TIMEOUT_ENFORCED: the policy turns it into two approvers.
+      critical: {
+        databases: ['main_db'],
+        allowed_signers: 'allowed_signers',
+        risk_policy: { LOCK_TIMEOUT_ENFORCED: 'two_approvers' },
+      },
       staging: { databases: ['main_db'] },
     },
   });
@@ -235,6 +241,29 @@ describe('security: decisions the agent cannot forge', () => {
       expect(final.executionError).toMatch(/not signed as required/);
       expect(await columnsOf(knex, table)).not.toContain(column);
     }
+  });
+
+  it('two approvers each sign for their own role; one signature alone runs nothing', async () => {
+    const { request: stored, column } = await request('critical');
+    expect(stored.approvals_required).toBe(2);
+    const approve = (as: string, key: string) =>
+      decideCommand(
+        pipeline,
+        stored.id,
+        { status: 'APPROVED', as, key },
+        { waitSeconds: 0, style: 'rename' },
+        silent,
+      );
+    await approve('dana@example.com', keys.dana);
+    await waitForFileText(pipeline.filePath(stored.id), (text) => text.includes('SECOND_APPROVER_MISSING'));
+    expect(await columnsOf(knex, table)).not.toContain(column);
+    await approve('sam@example.com', keys.sam);
+    const final = await pipeline.waitForFinal(stored.id, { timeoutMs: 15_000, tickMs: 50 });
+    expect(final.execution).toBe('succeeded');
+    expect(final.decision?.signatures.map((s) => [s.role, s.principal])).toEqual([
+      ['decided_by', 'dana@example.com'],
+      ['second_approver', 'sam@example.com'],
+    ]);
   });
 
   it('environments without allowed_signers are unchanged, and their files say decisions are not authenticated', async () => {

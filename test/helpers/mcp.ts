@@ -16,12 +16,30 @@ export interface StdioSession {
   close(): Promise<void>;
 }
 
-/** Spawns the real server over stdio and connects the SDK's client to it. */
+/**
+ * Spawns the real server over stdio and connects the SDK's client to it. `asUser`: run it as another
+ * OS user (through setpriv; the tests run as root in CI), as an MCP client started by that user would.
+ */
 export async function startStdioServer(
   configPath: string,
   env: Record<string, string> = {},
+  asUser?: { readonly uid: number; readonly gid: number },
 ): Promise<StdioSession> {
-  const { command, args, cwd } = stdioServerCommand(configPath);
+  const server = stdioServerCommand(configPath);
+  const { command, args } = asUser
+    ? {
+        command: 'setpriv',
+        args: [
+          `--reuid=${asUser.uid}`,
+          `--regid=${asUser.gid}`,
+          '--clear-groups',
+          '--',
+          server.command,
+          ...server.args,
+        ],
+      }
+    : server;
+  const { cwd } = server;
   const transport = new StdioClientTransport({
     command,
     args,
