@@ -1,4 +1,5 @@
 import { parseTimestamp, type TimeZone } from '../time.js';
+import { findInvisibleCharacter } from './invisible.js';
 import { PLACEHOLDERS } from './render.js';
 import { HumanStatus, type ApprovalRequest } from './request.js';
 import { paragraphLinesUnder } from './sections.js';
@@ -95,7 +96,9 @@ function bodyStatus(body: string): string | null {
   return /^\*\*Status:\*\*[ \t]*(\S+)/.exec(line ?? '')?.[1]?.toUpperCase() ?? null;
 }
 
-const sameName = (a: string, b: string) => a.trim().toLowerCase() === b.trim().toLowerCase();
+/** Names compared as a reader sees them: compatibility forms folded (NFKC), case and spacing ignored. */
+const nameKey = (name: string) => name.normalize('NFKC').trim().replace(/\s+/g, ' ').toLowerCase();
+const sameName = (a: string, b: string) => nameKey(a) === nameKey(b);
 
 /** Whoever decides may not be the requester, and must be on the environment's allowlist if it has one. */
 function approverProblem(
@@ -104,6 +107,14 @@ function approverProblem(
   request: ApprovalRequest,
   approvers: readonly string[] | null,
 ): DecisionVerdict | null {
+  // "agent" with a zero-width space reads as "agent": a name a reader cannot see whole is no name.
+  const hidden = findInvisibleCharacter(name);
+  if (hidden) {
+    return invalid(
+      'NAME_INVISIBLE_CHARACTER',
+      `${field} contains ${hidden.codePoint} ${hidden.name}, which a reader cannot see; write the name without it.`,
+    );
+  }
   if (sameName(name, request.requested_by)) {
     return invalid(
       'SELF_APPROVAL',
