@@ -1,14 +1,18 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmod, chown, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Knex } from 'knex';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideCommand, openClientPipeline } from '../../src/commands.js';
 import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/log.js';
 import { stdioServerCommand } from '../../src/server/launch.js';
+import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 
@@ -133,6 +137,73 @@ describe('security: signed decisions with the gate running as the agent’s own 
         }
       }
       expect(await columnsOf(knex, table)).toContain('loyalty_tier');
+      await server.close();
+      server = null;
+    },
+  );
+
+  it.skipIf(!isRoot)(
+    'the gate as its own user over HTTP: the agent holds only the token, and a signed approval runs',
+    async () => {
+      const token = 'agent-token-0123456789abcdef';
+      const { command, args, cwd } = stdioServerCommand(configPath);
+      const setpriv = [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, '--clear-groups', '--'];
+      const child = spawn('setpriv', [...setpriv, command, ...args, '--http', '--port', '0'], {
+        cwd,
+        env: { ...process.env, TEST_MAIN_DB_URL: TEST_DATABASE_URL, APPROVAL_GATE_TOKEN: token },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      try {
+        const url = await new Promise<string>((resolve, reject) => {
+          let stderr = '';
+          child.stderr.on('data', (chunk: Buffer) => {
+            stderr += chunk.toString('utf8');
+            const found = /"url":"(http:[^"]+)"/.exec(stderr)?.[1];
+            if (found) resolve(found);
+          });
+          child.on('exit', (code) => reject(new Error(`the HTTP server exited (${code}): ${stderr}`)));
+        });
+        const client = new Client({ name: 'agent-over-http', version: '0.0.0' });
+        await client.connect(
+          new StreamableHTTPClientTransport(new URL(url), {
+            requestInit: { headers: { Authorization: `Bearer ${token}` } },
+          }),
+        );
+        const call = async (name: string, toolArgs: Record<string, unknown>) =>
+          ((await client.callTool({ name, arguments: toolArgs })) as CallToolResult)
+            .structuredContent as ToolOutcome;
+        const requested = await call('execute_migration', {
+          environment: 'production',
+          database: 'main_db',
+          sql: `ALTER TABLE ${table} ADD COLUMN over_http text`,
+          title: 'Add over_http',
+          reason: 'Signed approval with the gate as its own user over HTTP.',
+          priority: 'high',
+        });
+        expect(requested.status, requested.message).toBe('PENDING');
+        const id = requested.approval_id ?? '';
+        const reviewer = await openClientPipeline(loadConfig(configPath), silentLogger);
+        try {
+          expect(
+            await decideCommand(
+              reviewer,
+              id,
+              { status: 'APPROVED', as: 'dana@example.com', key: danaKey },
+              { waitSeconds: 20, style: 'rename' },
+              { json: false, color: false, write: () => undefined },
+            ),
+          ).toBe(0);
+        } finally {
+          await reviewer.close();
+        }
+        let final: ToolOutcome | null = null;
+        for (let i = 0; i < 20 && final?.final !== true; i += 1) final = await call('await_approval', { id });
+        expect(final?.execution, final?.message).toBe('succeeded');
+        expect(await columnsOf(knex, table)).toContain('over_http');
+        await client.close();
+      } finally {
+        child.kill('SIGTERM');
+      }
     },
   );
 
