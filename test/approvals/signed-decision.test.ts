@@ -48,6 +48,11 @@ beforeAll(async () => {
         allowed_signers: 'allowed_signers',
         risk_policy: { LOCK_TIMEOUT_ENFORCED: 'two_approvers' },
       },
+      strict: {
+        databases: ['main_db'],
+        allowed_signers: 'strict_signers',
+        revoked_keys: 'revoked_keys',
+      },
       staging: { databases: ['main_db'] },
     },
   });
@@ -60,6 +65,14 @@ beforeAll(async () => {
     `dana@example.com ${await pub(keys.dana)}\nsam@example.com ${await pub(keys.sam)}\n`,
     { mode: 0o644 },
   );
+  // strict: eve's key expired in 2020, sam's key is revoked.
+  await writeFile(
+    path.join(workspace.dir, 'strict_signers'),
+    `dana@example.com ${await pub(keys.dana)}\nsam@example.com ${await pub(keys.sam)}\n` +
+      `old@example.com valid-before="20200101" ${await pub(keys.eve)}\n`,
+    { mode: 0o644 },
+  );
+  await writeFile(path.join(workspace.dir, 'revoked_keys'), `${await pub(keys.sam)}\n`, { mode: 0o644 });
   pipeline = await Pipeline.open(workspace.config, {
     log: silentLogger,
     env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
@@ -171,6 +184,52 @@ describe('security: decisions the agent cannot forge', () => {
       signature,
     });
     await refusedWith(stored, 'SIGNATURE_MISMATCH', column);
+  });
+
+  const malformed = '-----BEGIN SSH SIGNATURE-----\nbm90IGEgc2lnbmF0dXJl\n-----END SSH SIGNATURE-----\n';
+  const cases: Array<[string, string, () => Promise<{ decidedBy: string; signature: string }>]> = [
+    [
+      'text that is not an SSH signature',
+      'SIGNATURE_MALFORMED',
+      async () => ({ decidedBy: 'dana@example.com', signature: malformed }),
+    ],
+    [
+      'a signature made for another namespace (git)',
+      'SIGNATURE_WRONG_NAMESPACE',
+      async () => ({
+        decidedBy: 'dana@example.com',
+        signature: execFileSync('ssh-keygen', ['-q', '-Y', 'sign', '-n', 'git', '-f', keys.dana], {
+          input: 'anything',
+          encoding: 'utf8',
+        }),
+      }),
+    ],
+    [
+      'a key outside its validity window',
+      'SIGNATURE_KEY_NOT_VALID',
+      async () => ({ decidedBy: 'old@example.com', signature: '' }),
+    ],
+    ['a revoked key', 'SIGNATURE_REVOKED', async () => ({ decidedBy: 'sam@example.com', signature: '' })],
+  ];
+  it.each(cases)('refuses %s through the gate (%s)', async (_what, code, make) => {
+    const { request: stored, column } = await request('strict');
+    const made = await make();
+    const key =
+      made.decidedBy === 'old@example.com'
+        ? keys.eve
+        : made.decidedBy === 'sam@example.com'
+          ? keys.sam
+          : keys.dana;
+    const signature =
+      made.signature !== ''
+        ? made.signature
+        : await signMessage(message(stored, { principal: made.decidedBy }), { keyFile: key });
+    await decideInFile(pipeline.filePath(stored.id), {
+      status: 'APPROVED',
+      decidedBy: made.decidedBy,
+      signature,
+    });
+    await refusedWith(stored, code, column);
   });
 
   it('the CLI signs and edits in one step; it runs, and the Outcome and audit name the key', async () => {
