@@ -6,6 +6,7 @@ import { evaluateDecision } from '../../src/approvals/decision.js';
 import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import { sampleCommand, sampleContext, sampleRequest } from '../helpers/requests.js';
+import { SERVER_HEADINGS } from '../helpers/views.js';
 
 const reference = readFileSync(path.join(import.meta.dirname, '../fixtures/APR-20260213-003.md'), 'utf8');
 
@@ -56,29 +57,7 @@ describe('rendering an approval file', () => {
   it('has every section of the reference request, in the same order', () => {
     const ours = headings(renderApprovalFile(sampleRequest(), sampleContext));
     const theirs = headings(reference).filter((h) =>
-      [
-        'Proposed Action',
-        'Action Details',
-        'Execution Command',
-        'Reasoning',
-        'Context',
-        'Why This Action?',
-        'Expected Outcome',
-        'Risk Analysis',
-        'Impact Assessment',
-        'Potential Risks',
-        'Safeguards',
-        'Compliance & Policy',
-        'Preview',
-        'Migration SQL',
-        'Rollback SQL',
-        'Impact Analysis',
-        'Approval Decision',
-        'If APPROVED',
-        'If REJECTED',
-        'If EXPIRED',
-        'Human Instructions',
-      ].includes(h),
+      SERVER_HEADINGS.map((heading) => heading.replace(/:$/, '')).includes(h),
     );
     expect(theirs).toHaveLength(21);
     expect(ours.filter((h) => theirs.includes(h))).toEqual(theirs);

@@ -35,6 +35,18 @@ let configPath: string;
 let danaKey: string;
 let server: StdioSession | null = null;
 
+/** The agent's request: a column, in the signed production environment. */
+function addColumn(column: string): Record<string, unknown> {
+  return {
+    environment: 'production',
+    database: 'main_db',
+    sql: `ALTER TABLE ${table} ADD COLUMN ${column} text`,
+    title: `Add ${column}`,
+    reason: 'Signed approval, end to end, with the gate as the agent user or as its own.',
+    priority: 'high',
+  };
+}
+
 async function writeConfig(allowedSigners: string): Promise<string> {
   const file = path.join(dir, `approval-gate-${path.basename(allowedSigners)}.yaml`);
   await writeFile(
@@ -94,14 +106,7 @@ describe('security: signed decisions with the gate running as the agent’s own 
     'a reviewer signs with the CLI and the migration runs on the real Postgres',
     async () => {
       server = await startStdioServer(configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL }, NOBODY);
-      const { outcome } = await server.call('execute_migration', {
-        environment: 'production',
-        database: 'main_db',
-        sql: `ALTER TABLE ${table} ADD COLUMN loyalty_tier text`,
-        title: 'Add loyalty_tier',
-        reason: 'Signed approval, end to end, with the gate as the agent user.',
-        priority: 'high',
-      });
+      const { outcome } = await server.call('execute_migration', addColumn('loyalty_tier'));
       expect(outcome.status, outcome.message).toBe('PENDING');
       const id = outcome.approval_id ?? '';
       // The agent's own attempt: a name, no signature. Nothing runs.
@@ -172,14 +177,7 @@ describe('security: signed decisions with the gate running as the agent’s own 
         const call = async (name: string, toolArgs: Record<string, unknown>) =>
           ((await client.callTool({ name, arguments: toolArgs })) as CallToolResult)
             .structuredContent as ToolOutcome;
-        const requested = await call('execute_migration', {
-          environment: 'production',
-          database: 'main_db',
-          sql: `ALTER TABLE ${table} ADD COLUMN over_http text`,
-          title: 'Add over_http',
-          reason: 'Signed approval with the gate as its own user over HTTP.',
-          priority: 'high',
-        });
+        const requested = await call('execute_migration', addColumn('over_http'));
         expect(requested.status, requested.message).toBe('PENDING');
         const id = requested.approval_id ?? '';
         const reviewer = await openClientPipeline(loadConfig(configPath), silentLogger);
