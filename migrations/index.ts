@@ -3,6 +3,7 @@ import { ledgerMigration } from './20261125_001_ledger.js';
 import { ledgerStepsMigration } from './20261125_002_ledger_steps.js';
 import { rollbackRehearsalMigration } from './20261125_003_rollback_rehearsal.js';
 import { backupMigration } from './20261125_004_backup.js';
+import { installationMigration } from './20261125_005_installation.js';
 
 interface GateMigration {
   up(knex: Knex): Promise<void>;
@@ -16,6 +17,7 @@ function gateMigrations(schema: string): ReadonlyArray<readonly [string, GateMig
     ['20261125_002_ledger_steps', ledgerStepsMigration(schema)],
     ['20261125_003_rollback_rehearsal', rollbackRehearsalMigration(schema)],
     ['20261125_004_backup', backupMigration(schema)],
+    ['20261125_005_installation', installationMigration(schema)],
   ];
 }
 

@@ -414,6 +414,7 @@ export class Pipeline {
         knex,
         executor: new Executor(knex, {
           ledgerSchema: this.config.ledger_schema,
+          installation: this.#store.installation,
           lockTimeoutMs: this.config.executor.lock_timeout_ms,
           statementTimeoutMs: this.config.executor.statement_timeout_ms,
           lockRetry: {

@@ -380,3 +380,44 @@ describe('security: the outcome marker quoted in agent text is not the outcome',
     await knex.schema.dropTableIfExists(table);
   });
 });
+
+describe('two installations on one database and one ledger schema', () => {
+  it('each runs its own APR-…-001: ids and ledger keys never collide', async () => {
+    const shared = uniqueName('gate_shared');
+    const table = uniqueName('installations');
+    await knex.schema.createTable(table, (t) => t.integer('n'));
+    const open = async () => {
+      const ws = await createWorkspace({ ledger_schema: shared });
+      return Pipeline.open(ws.config, { log: silentLogger, env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL } });
+    };
+    const [first, second] = [await open(), await open()];
+    try {
+      const ids: string[] = [];
+      for (const [n, installation] of [first, second].entries()) {
+        const { request } = await installation.submit({
+          environment: 'staging',
+          database: 'main_db',
+          sql: `INSERT INTO ${table} VALUES (${n + 1})`,
+          title: `Installation ${n + 1}`,
+          reason: 'Two installations share the ledger schema on one database.',
+        });
+        ids.push(request.id);
+        await decideInFile(installation.filePath(request.id), {
+          status: 'APPROVED',
+          decidedBy: 'Dana Reyes',
+        });
+        const final = await installation.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+        expect(final.execution, final.executionError ?? '').toBe('succeeded');
+      }
+      // The same id in both, which is the point: the installation is part of the ledger key.
+      expect(ids[0]).toBe(ids[1]);
+      expect((await knex(table).orderBy('n').pluck('n')) as number[]).toEqual([1, 2]);
+      expect(first.installation).not.toBe(second.installation);
+    } finally {
+      await first.close();
+      await second.close();
+      await knex.schema.dropTableIfExists(table);
+      await knex.raw('drop schema if exists ?? cascade', [shared]);
+    }
+  });
+});

@@ -49,6 +49,11 @@ export interface ExecutorOptions {
   /** Transactional migrations that hit lock_timeout or a deadlock are retried whole, with backoff. */
   readonly lockRetry?: LockRetryPolicy;
   readonly instanceId?: string;
+  /**
+   * The installation (state directory) this executor runs for: part of the ledger key, so that two
+   * installations sharing a ledger schema, each with its own APR-…-001, never meet. '' for none.
+   */
+  readonly installation?: string;
 }
 
 /** Progress while running: attempts, waits for locks, retries. */
@@ -100,6 +105,11 @@ export const ADVISORY_LOCK_NAMESPACE = 0x41505247;
 /** Second key: a stable 32-bit hash of the approval id. A collision only serialises two executions. */
 export function advisoryLockKey(approvalId: string): number {
   return createHash('sha256').update(approvalId).digest().readInt32BE(0);
+}
+
+/** The advisory lock that serialises runs of one approval of one installation. */
+export function executionLockKeys(installation: string, approvalId: string): [number, number] {
+  return [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(`${installation}/${approvalId}`)];
 }
 
 /** Statements whose row count means rows changed; for DDL drivers report 0 or null, which says nothing. */
@@ -302,7 +312,11 @@ export class Executor {
   }
 
   #lockKeys(approvalId: string): [number, number] {
-    return [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(approvalId)];
+    return executionLockKeys(this.#installation, approvalId);
+  }
+
+  get #installation(): string {
+    return this.#options.installation ?? '';
   }
 
   async #readLedger(
@@ -311,17 +325,23 @@ export class Executor {
     requestHash: string,
   ): Promise<ExecutionResult | 'running' | null> {
     // Operators and functions schema-qualified: this also runs on a job's session, after its SQL.
+    // This installation's row, else a row from before installations were recorded ('') when its hash
+    // says it is this request; another installation's rows are never ours.
     const { rows } = await session.query(
-      `select * from ${this.#ledger} where approval_id operator(pg_catalog.=) $1::text`,
-      [approvalId],
+      `select * from ${this.#ledger}
+        where approval_id operator(pg_catalog.=) $1::text
+          and (installation operator(pg_catalog.=) $2::text
+               or (installation operator(pg_catalog.=) ''::text and request_hash operator(pg_catalog.=) $3::text))
+        order by installation desc`,
+      [approvalId, this.#installation, requestHash],
     );
     const row = rows[0];
     if (!row) return null;
     if (row.request_hash !== requestHash) {
       throw new GateError(
         'LEDGER_CONFLICT',
-        `The ledger already holds ${approvalId} for a different request. Two gate installations share ` +
-          `the ledger schema "${this.#options.ledgerSchema}" on this database; give each its own ledger_schema. Nothing was executed.`,
+        `The ledger already holds ${approvalId} of this installation for a different request: the state ` +
+          `directory was reset or copied while the ledger in schema "${this.#options.ledgerSchema}" kept its rows. Nothing was executed.`,
         { context: { approvalId } },
       );
     }
@@ -350,8 +370,10 @@ export class Executor {
     requestHash: string,
   ): Promise<ExecutionResult> {
     const { rows: steps } = await session.query(
-      `select * from ${this.#steps} where approval_id operator(pg_catalog.=) $1::text order by statement`,
-      [approvalId],
+      `select * from ${this.#steps}
+        where approval_id operator(pg_catalog.=) $1::text and installation operator(pg_catalog.=) $2::text
+        order by statement`,
+      [approvalId, this.#installation],
     );
     const done = steps.filter((s) => s.state === 'done');
     const inFlight = steps.find((s) => s.state === 'started');
@@ -372,8 +394,9 @@ export class Executor {
     };
     await session.query(
       `update ${this.#ledger} set state = 'unknown', error = $2, finished_at = pg_catalog.now()
-        where approval_id operator(pg_catalog.=) $1::text and state operator(pg_catalog.=) 'running'::text`,
-      [approvalId, JSON.stringify(error)],
+        where approval_id operator(pg_catalog.=) $1::text and installation operator(pg_catalog.=) $3::text
+          and state operator(pg_catalog.=) 'running'::text`,
+      [approvalId, JSON.stringify(error), this.#installation],
     );
     const recorded = await this.#readLedger(session, approvalId, requestHash);
     if (recorded === null || recorded === 'running') {
@@ -642,8 +665,8 @@ export class Executor {
     await session.query(
       `insert into ${this.#ledger}
          (approval_id, request_hash, state, dry_run, transactional, attempts, started_at, finished_at,
-          duration_ms, rows_affected, statements, error, executed_by, rollback_rehearsal, backup)
-       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12, $14, $15)`,
+          duration_ms, rows_affected, statements, error, executed_by, rollback_rehearsal, backup, installation)
+       values ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $12, $14, $15, $16)`,
       [
         job.approvalId,
         job.requestHash,
@@ -660,6 +683,7 @@ export class Executor {
         attempts,
         result.rollback_rehearsal === null ? null : JSON.stringify(result.rollback_rehearsal),
         result.backup === null ? null : JSON.stringify(result.backup),
+        this.#installation,
       ],
     );
   }
@@ -723,14 +747,15 @@ export class Executor {
     let error: ExecutionError | null = backup.error;
     // The step rows are written between the migration's statements, whatever search_path or role
     // they set: qualified operators and functions, and as the session user.
-    const stepUpdate = `update ${this.#steps} set state = $3, finished_at = pg_catalog.now(), rows_affected = $4, error = $5
-      where approval_id operator(pg_catalog.=) $1::text and statement operator(pg_catalog.=) $2::integer`;
+    const stepUpdate = `update ${this.#steps} set state = $4, finished_at = pg_catalog.now(), rows_affected = $5, error = $6
+      where approval_id operator(pg_catalog.=) $1::text and statement operator(pg_catalog.=) $2::integer
+        and installation operator(pg_catalog.=) $3::text`;
     for (const statement of error === null ? job.statements : []) {
-      const step = [job.approvalId, statement.index + 1];
+      const step = [job.approvalId, statement.index + 1, this.#installation];
       await asSessionUser(session, () =>
         session.query(
-          `insert into ${this.#steps} (approval_id, statement, kind, sql, state, started_at)
-             values ($1, $2, $3, $4, 'started', pg_catalog.now())`,
+          `insert into ${this.#steps} (approval_id, statement, installation, kind, sql, state, started_at)
+             values ($1, $2, $3, $4, $5, 'started', pg_catalog.now())`,
           [...step, statement.kind, statement.text],
         ),
       );
@@ -775,7 +800,7 @@ export class Executor {
     await session.query(
       `update ${this.#ledger} set state = $2, finished_at = $3, duration_ms = $4, rows_affected = $5, statements = $6, error = $7,
               backup = $8
-        where approval_id operator(pg_catalog.=) $1::text`,
+        where approval_id operator(pg_catalog.=) $1::text and installation operator(pg_catalog.=) $9::text`,
       [
         job.approvalId,
         result.state,
@@ -785,6 +810,7 @@ export class Executor {
         JSON.stringify(result.statements),
         result.error === null ? null : JSON.stringify(result.error),
         result.backup === null ? null : JSON.stringify(result.backup),
+        this.#installation,
       ],
     );
     return result;

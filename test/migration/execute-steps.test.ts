@@ -1,12 +1,7 @@
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
-import {
-  ADVISORY_LOCK_NAMESPACE,
-  advisoryLockKey,
-  Executor,
-  type MigrationJob,
-} from '../../src/migration/execute.js';
+import { executionLockKeys, Executor, type MigrationJob } from '../../src/migration/execute.js';
 import { connectTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 /* Migrations with statements Postgres refuses inside a transaction, on the real server. */
@@ -136,9 +131,9 @@ describe('step-by-step execution of non-transactional statements', () => {
     await insertRunningRow(id, 'alive:1');
     const holder = await knex.client.acquireConnection();
     try {
-      await holder.query('select pg_advisory_lock($1, $2)', [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(id)]);
+      await holder.query('select pg_advisory_lock($1, $2)', executionLockKeys('', id));
       expect(await executor.lookup(id, `sha256:${id}`)).toBeNull();
-      await holder.query('select pg_advisory_unlock($1, $2)', [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(id)]);
+      await holder.query('select pg_advisory_unlock($1, $2)', executionLockKeys('', id));
     } finally {
       await knex.client.releaseConnection(holder);
     }
