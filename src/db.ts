@@ -1,18 +1,42 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { inspect } from 'node:util';
 import knexFactory, { type Knex } from 'knex';
 import ClientPgLite from 'knex-pglite';
 import type { DatabaseConfig } from './config.js';
 import { GateError } from './errors.js';
+import { createLogger, type Logger } from './log.js';
+
+let defaultKnexLog: Logger | undefined;
+
+/**
+ * knex's own logger prints warnings (a failed connection, with its stack) with console.log, i.e. to
+ * stdout: the MCP protocol channel in stdio mode, and the data of `approvals show --json`. Every knex
+ * instance logs through pino to stderr instead.
+ */
+function knexLog(log?: Logger): Knex.Logger {
+  defaultKnexLog ??= createLogger();
+  const logger = (log ?? defaultKnexLog).child({ component: 'knex' });
+  const text = (message: unknown) => (typeof message === 'string' ? message : inspect(message, { depth: 5 }));
+  return {
+    warn: (message: unknown) => logger.warn(text(message)),
+    error: (message: unknown) => logger.error(text(message)),
+    debug: (message: unknown) => logger.debug(text(message)),
+    deprecate: (method: string, alternative: string) =>
+      logger.warn(`${method} is deprecated, please use ${alternative}`),
+  };
+}
 
 /**
  * Opens a knex instance for a configured database. For `pg` the connection string comes from the
- * environment variable the config names; it is never logged, rendered or returned.
+ * environment variable the config names; it is never logged, rendered or returned. knex's own
+ * messages go to `log` (by default a logger of its own), on stderr.
  */
 export function openDatabase(
   name: string,
   config: DatabaseConfig,
   env: NodeJS.ProcessEnv = process.env,
+  log?: Logger,
 ): Knex {
   if (config.client === 'pg') {
     const connectionString = env[config.connection_env];
@@ -27,16 +51,26 @@ export function openDatabase(
       client: 'pg',
       connection: { connectionString, application_name: 'approval-gate' },
       pool: { min: 0, max: 4 },
+      // An unreachable server is noticed in seconds, not knex's default minute: an approved migration
+      // then waits for the database with backoff (nothing was sent) instead of holding a tool call.
+      acquireConnectionTimeout: 10_000,
+      log: knexLog(log),
     });
   }
   if (config.path === 'memory://') {
-    return knexFactory({ client: ClientPgLite, dialect: 'postgres', connection: {} } as Knex.Config);
+    return knexFactory({
+      client: ClientPgLite,
+      dialect: 'postgres',
+      connection: {},
+      log: knexLog(log),
+    } as Knex.Config);
   }
   const release = lockEmbeddedDatabase(name, config.path);
   const knex = knexFactory({
     client: ClientPgLite,
     dialect: 'postgres',
     connection: { filename: config.path },
+    log: knexLog(log),
   } as Knex.Config);
   // knex.destroy() ends in client.destroy(); the lock goes with the last connection.
   const client = knex.client as { destroy: (callback?: unknown) => Promise<void> };

@@ -1,3 +1,4 @@
+import { Console } from 'node:console';
 import { pino, type Logger } from 'pino';
 
 export type { Logger };
@@ -23,3 +24,35 @@ export function createLogger(level: string = process.env.APPROVAL_GATE_LOG_LEVEL
 
 /** A logger that drops everything, for tests that do not look at logs. */
 export const silentLogger: Logger = pino({ level: 'silent' });
+
+/** The console methods that write to stdout, plus the ones sharing their state (timers, counters, groups). */
+const STDOUT_CONSOLE_METHODS = [
+  'log',
+  'info',
+  'debug',
+  'warn',
+  'dir',
+  'dirxml',
+  'table',
+  'count',
+  'countReset',
+  'time',
+  'timeEnd',
+  'timeLog',
+  'group',
+  'groupCollapsed',
+  'groupEnd',
+] as const;
+
+/**
+ * Points every console method that would write to stdout at stderr instead. In stdio mode stdout is
+ * the JSON-RPC channel, and any library printing with console.log (knex's default logger does, on a
+ * failed connection) would corrupt it; the MCP transport writes to process.stdout directly.
+ */
+export function routeConsoleToStderr(): void {
+  const toStderr = new Console({ stdout: process.stderr, stderr: process.stderr });
+  for (const method of STDOUT_CONSOLE_METHODS) {
+    // Node binds a Console's methods to their instance, so they can be lent to the global console.
+    Object.assign(console, { [method]: toStderr[method] });
+  }
+}
