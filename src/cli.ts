@@ -151,7 +151,7 @@ const decideOptions = (command: Command) =>
   command
     .requiredOption(
       '--as <name>',
-      'your name, as decided_by (in a signed environment: your principal in allowed_signers)',
+      'your name, as decided_by; an empty name is refused before any edit (in a signed environment: your principal in allowed_signers)',
     )
     .option(
       '--key <file>',
@@ -159,7 +159,8 @@ const decideOptions = (command: Command) =>
     )
     .option(
       '--wait <seconds>',
-      'wait this long for the running server to accept or refuse the decision (0: do not wait)',
+      'wait this long in all for the running server: for its answer to this edit (the decision recorded, ' +
+        'or why it was refused) and, with --wait-result, for the result too (0: do not wait)',
       (v) => Number(v),
       10,
     )
@@ -169,10 +170,22 @@ const decideOptions = (command: Command) =>
         .default('rename'),
     );
 
-decideOptions(clientCommand('approve', 'Approve a request: makes exactly the file edit a human would make.'))
+decideOptions(
+  clientCommand(
+    'approve',
+    'Approve a request: makes exactly the file edit a human would make. Returns once the server has ' +
+      'recorded the decision (the migration then runs; follow it with `approvals show`), or with ' +
+      '--wait-result once it has finished.',
+  ),
+)
   .argument('<id>', 'approval id')
   .option('--comment <text>', 'a comment for the record')
   .option('--second <name>', 'second approver, when the policy requires two')
+  .option(
+    '--wait-result',
+    'also wait (within --wait) for the execution to finish and print its result: succeeded, failed, ' +
+      'rolled_back (a dry run) or unknown; exit 1 unless it succeeded or rolled back',
+  )
   .action(
     (
       id: string,
@@ -182,6 +195,7 @@ decideOptions(clientCommand('approve', 'Approve a request: makes exactly the fil
         second?: string;
         key?: string;
         wait: number;
+        waitResult?: boolean;
         saveStyle: SaveStyle;
       },
     ) =>
@@ -196,7 +210,7 @@ decideOptions(clientCommand('approve', 'Approve a request: makes exactly the fil
             ...(options.second !== undefined ? { second: options.second } : {}),
             ...(options.key !== undefined ? { key: options.key } : {}),
           },
-          { waitSeconds: options.wait, style: options.saveStyle },
+          { waitSeconds: options.wait, waitResult: options.waitResult === true, style: options.saveStyle },
           output,
         ),
       ),

@@ -6,7 +6,7 @@ import { renderExecutionCommand } from './approvals/render.js';
 import type { Config } from './config.js';
 import { GateError } from './errors.js';
 import type { Logger } from './log.js';
-import { Pipeline, signersOf, type ApprovalSummary } from './pipeline.js';
+import { Pipeline, signersOf, type ApprovalStatus, type ApprovalSummary } from './pipeline.js';
 import { SERVER_NAME } from './server/index.js';
 import { parseApprovalText } from './approvals/frontmatter.js';
 import { readFile } from 'node:fs/promises';
@@ -175,9 +175,75 @@ export async function showCommand(pipeline: Pipeline, id: string, output: Output
   return EXIT.ok;
 }
 
+/** What the running server said about the edit the CLI just saved. */
+type GateAnswer =
+  | { readonly kind: 'recorded'; readonly status: ApprovalStatus }
+  | { readonly kind: 'refused'; readonly gateError: string }
+  | { readonly kind: 'silent'; readonly file: string };
+
+/** The file's gate_error as the YAML says it (no escapes), or null; a half-saved file has none yet. */
+async function gateErrorIn(file: string): Promise<string | null> {
+  const text = await readFile(file, 'utf8').catch(() => null);
+  if (text === null) return null;
+  try {
+    const value = parseApprovalText(text).data.gate_error;
+    return typeof value === 'string' && value.trim() !== '' ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Waits until `deadline` for a recorded decision or a gate_error. The edit removed any earlier
+ * gate_error, so one that is present now is the server's answer to this edit, not to a previous one.
+ */
+async function gateAnswer(pipeline: Pipeline, id: string, deadline: number): Promise<GateAnswer> {
+  for (;;) {
+    const status = await pipeline.status(id);
+    if (status.decision) return { kind: 'recorded', status };
+    const gateError = await gateErrorIn(status.file);
+    if (gateError !== null) {
+      // The decision may have been recorded between the two reads; a recorded decision is the answer.
+      const again = await pipeline.status(id);
+      return again.decision ? { kind: 'recorded', status: again } : { kind: 'refused', gateError };
+    }
+    if (Date.now() >= deadline) return { kind: 'silent', file: status.file };
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+const FINISHED_WELL: readonly ApprovalStatus['execution'][] = ['succeeded', 'rolled_back'];
+
+function followWith(id: string): string {
+  return `Follow it with \`approval-gate approvals show ${id}\``;
+}
+
+/**
+ * Where the execution stands: running (`waitedSeconds` when --wait-result ran out first), or how it
+ * ended.
+ */
+function executionSentence(status: ApprovalStatus, waitedSeconds: number | null): string {
+  if (!status.final) {
+    const unfinished =
+      waitedSeconds === null
+        ? 'the migration runs now'
+        : `the migration had not finished within ${waitedSeconds}s`;
+    return `${unfinished} (execution: ${status.execution}). ${followWith(status.request.id)}.`;
+  }
+  const { result } = status;
+  const detail = result
+    ? ` in ${result.duration_ms} ms${result.error ? `: ${result.error.message}` : ''}`
+    : status.executionError
+      ? `: ${status.executionError}`
+      : '';
+  return `the migration has finished: ${status.execution}${detail}.`;
+}
+
 /**
  * approve / reject: the same file edit a human makes, then (optionally) wait for the running
- * server's gate to accept or refuse it. The CLI never decides anything itself.
+ * server's gate to accept or refuse it. The CLI never decides anything itself, and reports only
+ * what the server said about this edit: approve returns once the decision is recorded, or with
+ * `waitResult` once the execution has a final result.
  */
 export async function decideCommand(
   pipeline: Pipeline,
@@ -191,9 +257,15 @@ export async function decideCommand(
     /** Signed environments: the private key (or a .pub whose key the ssh-agent holds); default as ssh-keygen. */
     key?: string;
   },
-  options: { waitSeconds: number; style: SaveStyle },
+  options: { waitSeconds: number; waitResult?: boolean; style: SaveStyle },
   output: Output,
 ): Promise<number> {
+  if (decision.as.trim() === '') {
+    throw new GateError(
+      'DECIDED_BY_MISSING',
+      `--as needs your name (it becomes decided_by); an empty name decides nothing. ${id} was not changed.`,
+    );
+  }
   const before = await pipeline.status(id);
   if (before.decision) {
     throw new GateError('ALREADY_DECIDED', `${id} was already decided: ${before.decision.status}.`);
@@ -243,42 +315,49 @@ export async function decideCommand(
     );
   }
   const deadline = Date.now() + options.waitSeconds * 1000;
-  for (;;) {
-    const status = await pipeline.status(id);
-    const text = await readFile(status.file, 'utf8').catch(() => '');
-    const gateError = /^gate_error: "(.*)"$/m.exec(text)?.[1] ?? null;
-    if (status.decision) {
-      const report = {
-        id,
-        decision: status.decision.status,
-        execution: status.execution,
-        result: status.result,
-      };
-      output.write(
-        output.json
-          ? JSON.stringify(report, null, 2)
-          : `${id}: ${status.decision.status} recorded (execution: ${status.execution}).`,
-      );
-      return status.decision.status === decision.status ? EXIT.ok : EXIT.refusedByGate;
-    }
-    if (gateError) {
-      output.write(
-        output.json
-          ? JSON.stringify({ id, refused: gateError }, null, 2)
-          : `${id}: the gate did not accept the edit: ${gateError}`,
-      );
-      return EXIT.refusedByGate;
-    }
-    if (Date.now() >= deadline) {
-      output.write(
-        options.waitSeconds === 0
-          ? `${id}: decision written to ${status.file}.`
-          : `${id}: decision written to ${status.file}, but no running server has acted on it yet (is approval-gate serve running?).`,
-      );
-      return options.waitSeconds === 0 ? EXIT.ok : EXIT.noServer;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
+  const answer = await gateAnswer(pipeline, id, deadline);
+  if (answer.kind === 'refused') {
+    output.write(
+      output.json
+        ? JSON.stringify({ id, refused: answer.gateError }, null, 2)
+        : `${id}: the gate did not accept the edit: ${answer.gateError}`,
+    );
+    return EXIT.refusedByGate;
   }
+  if (answer.kind === 'silent') {
+    output.write(
+      output.json
+        ? JSON.stringify({ id, written: answer.file, answered: false }, null, 2)
+        : options.waitSeconds === 0
+          ? `${id}: decision written to ${answer.file}.`
+          : `${id}: decision written to ${answer.file}, but no running server has acted on it yet (is approval-gate serve running?).`,
+    );
+    return options.waitSeconds === 0 ? EXIT.ok : EXIT.noServer;
+  }
+  let status = answer.status;
+  const recorded = status.decision?.status ?? 'PENDING';
+  const waitsForResult = options.waitResult === true && recorded === 'APPROVED';
+  if (waitsForResult && !status.final) {
+    status = await pipeline.waitForFinal(id, { timeoutMs: Math.max(0, deadline - Date.now()), tickMs: 100 });
+  }
+  const report = {
+    id,
+    decision: recorded,
+    execution: status.execution,
+    final: status.final,
+    result: status.result,
+    execution_error: status.executionError,
+  };
+  const sentence =
+    recorded !== decision.status
+      ? `${id}: the server recorded ${recorded}, not ${decision.status}${status.decision?.reason ? `: ${status.decision.reason}` : '.'}`
+      : recorded === 'APPROVED'
+        ? `${id}: APPROVED recorded; ${executionSentence(status, waitsForResult ? options.waitSeconds : null)}`
+        : `${id}: ${recorded} recorded; nothing runs.`;
+  output.write(output.json ? JSON.stringify(report, null, 2) : sentence);
+  if (recorded !== decision.status) return EXIT.refusedByGate;
+  if (!waitsForResult) return EXIT.ok;
+  return status.final && FINISHED_WELL.includes(status.execution) ? EXIT.ok : EXIT.failed;
 }
 
 export async function rollbackCommand(

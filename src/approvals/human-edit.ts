@@ -30,6 +30,9 @@ export async function secondApprovalInFile(
   const edited = updateFrontMatter(text, {
     second_approver: second.name,
     ...(second.signature !== undefined ? { second_signature: second.signature } : {}),
+    // The gate's answer to an earlier edit would read as its answer to this one: any gate_error
+    // after this save is the server's word on this edit (updateFrontMatter deletes undefined keys).
+    gate_error: undefined,
   });
   await saveAs(file, edited, style);
 }
@@ -64,6 +67,9 @@ export async function decideInFile(
     ...(decision.comments !== undefined ? { comments: decision.comments } : {}),
     ...(decision.secondApprover !== undefined ? { second_approver: decision.secondApprover } : {}),
     ...(decision.signature !== undefined ? { signature: decision.signature } : {}),
+    // The gate's answer to an earlier edit would read as its answer to this one: any gate_error
+    // after this save is the server's word on this edit (updateFrontMatter deletes undefined keys).
+    gate_error: undefined,
   });
   await saveAs(file, edited, style);
 }
