@@ -19,9 +19,10 @@ import { hasOutcomeMarker } from './approvals/sections.js';
 import { checkTrustedSigners, type TrustedSigners } from './approvals/signature.js';
 import { recheckRecordedSignatures } from './approvals/signed-decision.js';
 import { assertTrustAnchors, type Transport } from './trust-anchors.js';
+import { withReachableSession } from './migration/session.js';
 import { Notifier } from './approvals/notify.js';
 import { Priority, type Config } from './config.js';
-import { openDatabase, withSession } from './db.js';
+import { openDatabase } from './db.js';
 import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
 import { analyseSql, assertExecutable, relationsOf, type Analysis } from './migration/analyse.js';
@@ -204,6 +205,10 @@ type LocalExecution =
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
 
+/** Backoff while the database is unreachable before an approved migration starts. */
+const DATABASE_RETRY_FIRST_MS = 1000;
+const DATABASE_RETRY_MAX_MS = 60_000;
+
 /** The trusted signers of a signed environment (allowed_signers), or null where decisions are not signed. */
 export function signersOf(config: Config, environment: string): TrustedSigners | null {
   const settings = config.environments[environment];
@@ -320,6 +325,9 @@ export class Pipeline {
   /** Catalog facts at request time, kept for the results of this instance's own requests. */
   readonly #impact = new Map<string, readonly RelationFacts[]>();
   readonly #events = new EventEmitter();
+  /** Attempts to reach an unreachable database, per approved request (backoff). */
+  readonly #outageAttempts = new Map<string, number>();
+  #closed = false;
   readonly #notifier: Notifier;
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
@@ -398,6 +406,7 @@ export class Pipeline {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     this.#gate.stop();
     await Promise.all([...this.#targets.values()].map((target) => target.knex.destroy()));
     this.#targets.clear();
@@ -409,7 +418,7 @@ export class Pipeline {
       const databaseConfig = this.config.databases[database];
       if (!databaseConfig)
         throw new GateError('DATABASE_UNKNOWN', `Database "${database}" is not configured.`);
-      const knex = openDatabase(database, databaseConfig, this.#env);
+      const knex = openDatabase(database, databaseConfig, this.#env, this.#log);
       target = {
         knex,
         executor: new Executor(knex, {
@@ -492,7 +501,9 @@ export class Pipeline {
     const target = this.#target(input.database);
     await target.executor.prepare();
     const relations = relationsOf(analysis.statements);
-    const impact = await withSession(target.knex, (session) => describeRelations(session, relations));
+    const impact = await withReachableSession(target.knex, (session) =>
+      describeRelations(session, relations),
+    );
     const findings = this.#assess(analysis, impact);
     assertDryRunIsDry(findings, { dryRun: input.dry_run });
     const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
@@ -876,7 +887,7 @@ export class Pipeline {
     if (connectionString && (await pgDumpAvailable())) {
       const target = this.#target(command.database);
       const relations = relationsOf(analysis.statements);
-      const tables = await withSession(target.knex, (session) => existingTables(session, relations));
+      const tables = await withReachableSession(target.knex, (session) => existingTables(session, relations));
       const file = path.join(this.config.stateDir, 'backups', `${request.id}-${Date.now()}.dump`);
       const record = await dumpTables(
         connectionString,
@@ -944,6 +955,36 @@ export class Pipeline {
     }
     this.#events.emit(id);
     this.#events.emit('*', id);
+  }
+
+  /**
+   * An outage must not burn an approval: when the database cannot be reached before anything was sent,
+   * the request stays approved and not started, and is tried again with backoff until the database
+   * answers or the request expires. Returns false when `error` is not such an outage (or it expired).
+   */
+  async #waitForDatabase(request: ApprovalRequest, decision: Decision, error: unknown): Promise<boolean> {
+    const unreachable =
+      error instanceof GateError && ['DATABASE_UNREACHABLE', 'LEDGER_UNAVAILABLE'].includes(error.code);
+    if (!unreachable || this.#closed || this.#clock().getTime() >= Date.parse(request.expires_at))
+      return false;
+    const { id } = request;
+    const attempt = (this.#outageAttempts.get(id) ?? 0) + 1;
+    this.#outageAttempts.set(id, attempt);
+    const delayMs = Math.min(DATABASE_RETRY_MAX_MS, DATABASE_RETRY_FIRST_MS * 2 ** (attempt - 1));
+    const note =
+      `waiting for the database, which is unreachable: nothing was sent (${describeError(error)}). ` +
+      `Trying again in ${Math.ceil(delayMs / 1000)} s, until the request expires at ${request.expires_at}`;
+    this.#executions.set(id, { state: 'running', note });
+    this.#log.warn({ approval_id: id, attempt, delay_ms: delayMs }, note);
+    this.#events.emit(id);
+    this.#events.emit('*', id);
+    await this.#writeToFile(id, { execution: 'not_started', execution_error: note });
+    const timer = setTimeout(() => {
+      this.#executions.delete(id);
+      if (!this.#closed) void this.#execute(request, decision);
+    }, delayMs);
+    timer.unref();
+    return true;
   }
 
   async #execute(request: ApprovalRequest, decision: Decision): Promise<void> {
@@ -1026,6 +1067,7 @@ export class Pipeline {
       ));
       if (ranHere) crashPoint('after-commit');
     } catch (error) {
+      if (await this.#waitForDatabase(request, decision, error)) return;
       const certain =
         (error instanceof GateError &&
           [

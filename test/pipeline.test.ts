@@ -1,9 +1,11 @@
 import { copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../src/log.js';
 import { Pipeline } from '../src/pipeline.js';
+import { outcomeOfRefusal } from '../src/server/outcome.js';
 import { readFile, stat } from 'node:fs/promises';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
@@ -420,4 +422,93 @@ describe('two installations on one database and one ledger schema', () => {
       await knex.raw('drop schema if exists ?? cascade', [shared]);
     }
   });
+});
+
+describe('an outage does not burn an approval', () => {
+  it('waits for an unreachable database with nothing sent, says so, and runs once it answers', async () => {
+    // A proxy in front of the real server that the test can take down and bring back.
+    const target = new URL(TEST_DATABASE_URL);
+    const sockets = new Set<Socket>();
+    let up = true;
+    const proxy = createNetServer((client) => {
+      if (!up) {
+        client.destroy();
+        return;
+      }
+      const upstream = connect(Number(target.port || 5432), target.hostname);
+      for (const socket of [client, upstream]) {
+        sockets.add(socket);
+        socket.on('close', () => sockets.delete(socket));
+        socket.on('error', () => undefined);
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const port = (proxy.address() as AddressInfo).port;
+    const viaProxy = new URL(TEST_DATABASE_URL);
+    viaProxy.host = `127.0.0.1:${port}`;
+    const table = uniqueName('outage');
+    await knex.schema.createTable(table, (t) => t.integer('n'));
+    const ws = await createWorkspace({ ledger_schema: uniqueName('gate_outage') });
+    const gate = await Pipeline.open(ws.config, {
+      log: silentLogger,
+      env: { TEST_MAIN_DB_URL: viaProxy.toString() },
+    });
+    try {
+      const { request } = await gate.submit({
+        environment: 'staging',
+        database: 'main_db',
+        sql: `INSERT INTO ${table} VALUES (1)`,
+        title: 'Insert during an outage',
+        reason: 'The database goes away between the request and the approval.',
+      });
+      up = false;
+      for (const socket of sockets) socket.destroy();
+      await decideInFile(gate.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      const file = await waitForFileText(
+        gate.filePath(request.id),
+        (text) => text.includes('waiting for the database'),
+        30_000,
+      );
+      expect(file).toContain('execution: "not_started"');
+      const waiting = await gate.status(request.id);
+      expect(waiting.final).toBe(false);
+      expect(waiting.progress ?? '').toContain('nothing was sent');
+      up = true;
+      const final = await gate.waitForFinal(request.id, { timeoutMs: 40_000, tickMs: 100 });
+      expect(final.execution).toBe('succeeded');
+      expect((await knex(table).pluck('n')) as number[]).toEqual([1]);
+    } finally {
+      await gate.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => proxy.close(resolve));
+      await knex.schema.dropTableIfExists(table);
+      await knex.raw('drop schema if exists ?? cascade', [ws.config.ledger_schema]);
+    }
+  }, 90_000);
+
+  it('reports an unreachable database at request time as a problem of the server, not of the request', async () => {
+    const ws = await createWorkspace({ ledger_schema: uniqueName('gate_down') });
+    const gate = await Pipeline.open(ws.config, {
+      log: silentLogger,
+      env: { TEST_MAIN_DB_URL: 'postgres://postgres@127.0.0.1:1/none' },
+    });
+    try {
+      const refused = await gate
+        .submit({
+          environment: 'staging',
+          database: 'main_db',
+          sql: 'SELECT 1',
+          title: 'Nobody home',
+          reason: 'The database is not there at request time.',
+        })
+        .catch((error: unknown) => outcomeOfRefusal(error));
+      expect(refused).toMatchObject({ status: 'REFUSED' });
+      const outcome = refused as ReturnType<typeof outcomeOfRefusal>;
+      expect(['DATABASE_UNREACHABLE', 'LEDGER_UNAVAILABLE']).toContain(outcome.error?.code);
+      expect(outcome.next_step).toContain('not of your request');
+    } finally {
+      await gate.close();
+    }
+  }, 30_000);
 });

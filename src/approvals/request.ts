@@ -70,7 +70,7 @@ export const DecisionStatus = z
   .enum(['APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED'])
   .describe(
     'EXPIRED: no valid decision in time. VOID: approved, but the file no longer showed what would run. ' +
-      'CANCELLED: the file was deleted or moved away while pending.',
+      'CANCELLED: the file was deleted or moved away while pending, or the requester withdrew it (cancel_approval).',
   );
 
 /** A signature the gate verified for a decision, kept so that it can be verified again before running. */

@@ -130,27 +130,62 @@ export async function withJobSession<T>(
   knex: Knex,
   work: (session: PooledSession, baseline: WatchedSettings) => Promise<T>,
 ): Promise<T> {
-  return withSession(knex, async (session) => {
-    let baseline: WatchedSettings;
+  return withReachableSession(knex, (session) => jobOnSession(session, work));
+}
+
+/**
+ * withSession, with a failure to get a connection reported as DATABASE_UNREACHABLE: no connection, so
+ * nothing was sent, which callers may report as certain and try again later.
+ */
+export async function withReachableSession<T>(
+  knex: Knex,
+  work: (session: PooledSession) => Promise<T>,
+): Promise<T> {
+  let connected = false;
+  try {
+    return await withSession(knex, (session) => {
+      connected = true;
+      return work(session);
+    });
+  } catch (error) {
+    if (connected) throw error;
+    throw new GateError(
+      'DATABASE_UNREACHABLE',
+      `The database could not be reached, so nothing was sent: ${describeError(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+async function jobOnSession<T>(
+  session: PooledSession,
+  work: (session: PooledSession, baseline: WatchedSettings) => Promise<T>,
+): Promise<T> {
+  let baseline: WatchedSettings;
+  try {
+    baseline = await resetSession(session);
+  } catch (error) {
+    session.dispose(describeError(error));
+    throw error instanceof GateError
+      ? error
+      : new GateError(
+          'SESSION_NOT_CLEAN',
+          `The database session could not be reset before the job, so nothing was sent: ${describeError(error)}`,
+          { cause: error },
+        );
+  }
+  let failed = true;
+  try {
+    const result = await work(session, baseline);
+    failed = false;
+    return result;
+  } finally {
     try {
-      baseline = await resetSession(session);
+      // A job that failed may have left its transaction open (aborted); end it before discarding.
+      if (failed) await session.query('rollback');
+      await session.query('discard all');
     } catch (error) {
-      session.dispose(describeError(error));
-      throw error;
+      session.dispose(`could not reset the session after a job: ${describeError(error)}`);
     }
-    let failed = true;
-    try {
-      const result = await work(session, baseline);
-      failed = false;
-      return result;
-    } finally {
-      try {
-        // A job that failed may have left its transaction open (aborted); end it before discarding.
-        if (failed) await session.query('rollback');
-        await session.query('discard all');
-      } catch (error) {
-        session.dispose(`could not reset the session after a job: ${describeError(error)}`);
-      }
-    }
-  });
+  }
 }

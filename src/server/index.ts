@@ -12,8 +12,9 @@ export function createServer(pipeline: Pipeline): McpServer {
     { name: SERVER_NAME, version: SERVER_VERSION },
     {
       instructions:
-        'Database changes go through execute_migration, which asks a human first. When it returns PENDING, ' +
-        'call await_approval with the approval_id until the result is final.',
+        'Database changes go through execute_migration, which asks a human first unless the environment is ' +
+        'configured otherwise. While a result is not final (PENDING, or APPROVED while running), call ' +
+        'await_approval with the approval_id until it is.',
     },
   );
   registerTools(server, pipeline);

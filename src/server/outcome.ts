@@ -15,7 +15,7 @@ export const ToolOutcome = z.object({
     .enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED', 'REFUSED'])
     .describe(
       'The decision. VOID: approved, but the file no longer showed what would run (edited), so it can never run. ' +
-        'CANCELLED: the approval file was deleted or moved away. REFUSED: the request was invalid and never reached a human.',
+        'CANCELLED: the approval file was deleted or moved away, or the requester withdrew it (cancel_approval). REFUSED: the request never reached a human (invalid, refused by policy, or the database was unreachable); nothing was written.',
     ),
   execution: z
     .enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown'])
@@ -185,6 +185,15 @@ export function outcomeOfStatus(status: ApprovalStatus): ToolOutcome {
   };
 }
 
+/** Refusals that no change to the request can fix: the database or the server's own setup. */
+const SERVER_PROBLEMS = new Set([
+  'DATABASE_UNREACHABLE',
+  'LEDGER_UNAVAILABLE',
+  'DATABASE_NOT_CONFIGURED',
+  'DATABASE_LOCKED',
+  'SESSION_NOT_CLEAN',
+]);
+
 export function outcomeOfRefusal(error: unknown): ToolOutcome {
   const code = error instanceof GateError ? error.code : 'INTERNAL_ERROR';
   const message = describeError(error);
@@ -202,7 +211,9 @@ export function outcomeOfRefusal(error: unknown): ToolOutcome {
         ? 'Check the approval_id; list_approvals shows the requests this server knows.'
         : code === 'INTERNAL_ERROR'
           ? 'Report this to a human; nothing was executed.'
-          : 'Correct the request and call the tool again.',
+          : SERVER_PROBLEMS.has(code)
+            ? 'This is a problem of the server or its database, not of your request: ask the operator to fix it, then call the tool again. Nothing was written.'
+            : 'Correct the request and call the tool again.',
     file: null,
     expires_at: null,
     error: { code, message },

@@ -12,8 +12,10 @@ const RequestRollbackInput = z.object({
 const config = {
   title: 'Request a rollback (after human approval)',
   description:
-    'Asks to run the rollback SQL recorded with an executed request. This creates a NEW approval request: ' +
-    'nothing runs until a human approves it. Returns PENDING with the new approval_id; use await_approval.',
+    'Asks to run the rollback SQL recorded with a request that executed successfully (not a dry run). This ' +
+    'creates a NEW approval request (one per execution, unless an earlier one ended unapproved): nothing ' +
+    "runs until a human approves it, unless the environment's require_approval is never. Returns at once, " +
+    'normally PENDING with the new approval_id; then use await_approval.',
   inputSchema: RequestRollbackInput.shape,
   outputSchema: ToolOutcome.shape,
   annotations: {
