@@ -114,6 +114,16 @@ export function lineDiff(before: string, after: string): string {
   return out.join('\n');
 }
 
+/**
+ * The execution state as this terminal knows it. Without the ledger (no database URL here) a finished
+ * request must not look "running": say so, and what the approval file (the server's view) says.
+ */
+export function executionHere(status: ApprovalStatus, fileExecution: unknown): string {
+  if (status.ledger !== 'unreachable') return status.execution;
+  const shown = typeof fileExecution === 'string' ? `; the approval file says "${fileExecution}"` : '';
+  return `unknown here: the ledger is not reachable from this terminal${shown}`;
+}
+
 export async function showCommand(pipeline: Pipeline, id: string, output: Output): Promise<number> {
   const status = await pipeline.status(id);
   const text = await readFile(status.file, 'utf8').catch(() => null);
@@ -138,7 +148,7 @@ export async function showCommand(pipeline: Pipeline, id: string, output: Output
   const { request, decision } = status;
   const lines = [
     paint(output, 'bold', `${request.id}  ${request.title}`),
-    `Status:      ${decision?.status ?? 'PENDING'}${decision?.decided_by ? ` by ${decision.decided_by}` : ''}   execution: ${status.execution}`,
+    `Status:      ${decision?.status ?? 'PENDING'}${decision?.decided_by ? ` by ${decision.decided_by}` : ''}   execution: ${executionHere(status, parsed?.data.execution)}`,
     `Target:      ${request.command.environment}/${request.command.database}   priority ${request.priority}   requested by ${request.requested_by}`,
     `Created:     ${request.created_at}   expires ${request.expires_at}`,
     `File:        ${status.file}`,

@@ -150,6 +150,11 @@ export interface ApprovalStatus {
   readonly findings: readonly RiskFinding[];
   /** The touched relations in the live catalog at request time (empty when not known here). */
   readonly impact: readonly RelationFacts[];
+  /**
+   * 'unreachable': the ledger could not be read from here (an approver's terminal without the database
+   * URL, or an outage), so `execution` says only what this process knows, not what happened.
+   */
+  readonly ledger?: 'unreachable';
 }
 
 export interface PipelineOptions {
@@ -306,7 +311,7 @@ export function summariseResult(result: ExecutionResult, findings: readonly Risk
 }
 
 /**
- * The whole pipeline of DESIGN.md: request → approval store → gate → executor → result. The MCP
+ * The whole pipeline: request → approval store → gate → executor → result. The MCP
  * server and the CLI are thin shells over it.
  */
 export class Pipeline {
@@ -776,6 +781,7 @@ export class Pipeline {
       execution: 'running',
       result: null,
       executionError: lookupError,
+      ...(lookupError !== null ? { ledger: 'unreachable' as const } : {}),
       progress: local?.state === 'running' ? (local.note ?? null) : null,
       final: false,
     };

@@ -169,9 +169,16 @@ describe('stdout belongs to the protocol', () => {
       const show = await runCli(['approvals', 'show', id, '--config', config, '--json']);
       expect(show.stdout).not.toMatch(KNEX_TEXT);
       expect(show.code, show.stderr).toBe(0);
-      const shown = JSON.parse(show.stdout) as { executionError: string | null };
+      const shown = JSON.parse(show.stdout) as { executionError: string | null; ledger?: string };
       // The ledger was asked (and could not answer): the knex warning went to stderr.
       expect(shown.executionError).toMatch(/ledger could not be read/);
+      expect(shown.ledger).toBe('unreachable');
+      // In a human's terminal, a finished request does not look "running": it says what it cannot know.
+      const human = await runCli(['approvals', 'show', id, '--config', config]);
+      expect(human.stdout).toContain(
+        'execution: unknown here: the ledger is not reachable from this terminal',
+      );
+      expect(human.stdout).not.toMatch(/execution: running/);
       expect(show.stderr).toMatch(/Acquire connection error/);
     });
   });
