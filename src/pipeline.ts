@@ -5,7 +5,13 @@ import type { Knex } from 'knex';
 import { z } from 'zod';
 import { Gate, type DecisionProblem } from './approvals/gate.js';
 import { updateFrontMatter, type FrontMatterValue } from './approvals/frontmatter.js';
-import { renderApprovalFile, renderOutcomeSection, RESULT_MARKER } from './approvals/render.js';
+import { showDecisionInBody } from './approvals/decision-display.js';
+import {
+  renderApprovalFile,
+  renderOutcomeSection,
+  RESULT_MARKER,
+  type OutcomeSection,
+} from './approvals/render.js';
 import {
   hashCommand,
   type ApprovalRequest,
@@ -210,6 +216,18 @@ type LocalExecution =
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
 
+/** Says at start, not at the first request, that a database cannot be reached for want of its URL. */
+function warnUnsetConnections(config: Config, env: NodeJS.ProcessEnv, log: Logger): void {
+  for (const [name, database] of Object.entries(config.databases)) {
+    if (database.client === 'pg' && !env[database.connection_env]) {
+      log.warn(
+        { database: name, variable: database.connection_env },
+        `database ${name} reads its connection string from ${database.connection_env}, which is not set: requests for it will be refused until it is`,
+      );
+    }
+  }
+}
+
 /** Backoff while the database is unreachable before an approved migration starts. */
 const DATABASE_RETRY_FIRST_MS = 1000;
 const DATABASE_RETRY_MAX_MS = 60_000;
@@ -376,6 +394,7 @@ export class Pipeline {
   static async open(config: Config, options: PipelineOptions): Promise<Pipeline> {
     if ((options.role ?? 'server') === 'server') {
       await assertSigningReady(config, options.transport ?? 'stdio', options.log);
+      warnUnsetConnections(config, options.env ?? process.env, options.log);
     }
     const store = await ApprovalStore.open(config.approvalsDir, config.stateDir);
     const pipeline = new Pipeline(config, store, options);
@@ -862,13 +881,19 @@ export class Pipeline {
     }
   }
 
-  async #writeToFile(id: string, fields: Record<string, FrontMatterValue>, section?: string): Promise<void> {
+  async #writeToFile(
+    id: string,
+    fields: Record<string, FrontMatterValue>,
+    outcome?: OutcomeSection,
+  ): Promise<void> {
     try {
       const written = await this.#store.updateApprovalFile(id, (text) => {
         const updated = updateFrontMatter(text, fields);
-        return section === undefined || hasOutcomeMarker(updated, RESULT_MARKER)
-          ? updated
-          : `${updated.replace(/\n*$/, '\n')}${section}`;
+        if (outcome === undefined) return updated;
+        const shown = showDecisionInBody(updated, outcome.decision);
+        return hasOutcomeMarker(shown, RESULT_MARKER)
+          ? shown
+          : `${shown.replace(/\n*$/, '\n')}${renderOutcomeSection(outcome)}`;
       });
       if (!written)
         this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
@@ -916,34 +941,34 @@ export class Pipeline {
         await this.#writeToFile(
           id,
           { ...notRun, gate_error: undefined },
-          renderOutcomeSection({
+          {
             decision,
             summary: 'Rejected; nothing was executed.',
             details: [`Reason: ${decision.reason ?? ''}`, ...signatureLines(decision)],
-          }),
+          },
         );
         break;
       case 'EXPIRED':
         await this.#writeToFile(
           id,
           { ...notRun, status: 'EXPIRED', gate_error: undefined },
-          renderOutcomeSection({
+          {
             decision,
             summary: 'Expired without a valid decision; nothing was executed.',
             details: [],
-          }),
+          },
         );
         break;
       case 'VOID':
         await this.#writeToFile(
           id,
           { ...notRun, status: 'VOID', gate_error: decision.reason ?? 'void' },
-          renderOutcomeSection({
+          {
             decision,
             summary:
               'VOID: the approval did not match what would run; nothing was executed, and this request can never run.',
             details: [decision.reason ?? ''],
-          }),
+          },
         );
         break;
       case 'CANCELLED':
@@ -951,11 +976,11 @@ export class Pipeline {
         await this.#writeToFile(
           id,
           { ...notRun, status: 'CANCELLED' },
-          renderOutcomeSection({
+          {
             decision,
             summary: 'Cancelled; nothing was executed.',
             details: [decision.reason ?? ''],
-          }),
+          },
         );
         break;
     }
@@ -1001,6 +1026,8 @@ export class Pipeline {
     this.#events.emit('*', id);
     await this.#writeToFile(id, {
       gate_error: undefined,
+      // A decision the policy made (no human): the file's status says it, like the body will.
+      ...(decision.decided_by === null ? { status: decision.status } : {}),
       execution: 'running',
       execution_started_at: formatTimestamp(this.#clock(), this.config.timezone),
     });
@@ -1099,13 +1126,13 @@ export class Pipeline {
       await this.#writeToFile(
         id,
         { execution: certain ? 'failed' : 'unknown', execution_error: message },
-        renderOutcomeSection({
+        {
           decision,
           summary: certain
             ? 'Not executed: nothing was sent to the database (see the error below).'
             : `Outcome UNKNOWN: the connection failed during execution. Check ${this.config.ledger_schema}.ledger for ${id} before doing anything else.`,
           details: [`Error: ${message}`],
-        }),
+        },
       );
       return;
     }
@@ -1162,7 +1189,7 @@ export class Pipeline {
         execution_rows_affected: result.rows_affected,
         execution_error: result.error?.message,
       },
-      renderOutcomeSection({ decision, summary, details }),
+      { decision, summary, details },
     );
   }
 }

@@ -42,17 +42,25 @@ export function fenceIn(section: readonly Token[]): string | null {
 }
 
 /**
+ * The block tokens under the one real `## <heading>`, up to the next h1–h3 heading; null when the
+ * heading is missing or appears more than once (which of two would be the server's?).
+ */
+export function onlySectionUnder(tokens: readonly Token[], heading: string): Token[] | null {
+  const positions = headingPositions(tokens, 'h2', heading);
+  const [only] = positions;
+  return positions.length === 1 && only !== undefined ? sectionTokens(tokens, only) : null;
+}
+
+/**
  * The lines of text (paragraphs, as written) directly under the one real `## <heading>`, before the
  * next h1–h3 heading; null when the heading is missing or appears more than once.
  */
 export function paragraphLinesUnder(body: string, heading: string): string[] | null {
-  const tokens = parseBlocks(body);
-  const positions = headingPositions(tokens, 'h2', heading);
-  const [only] = positions;
-  if (positions.length !== 1 || only === undefined) return null;
-  return sectionTokens(tokens, only)
-    .filter((token) => token.type === 'inline')
-    .flatMap((token) => token.content.split('\n'));
+  return (
+    onlySectionUnder(parseBlocks(body), heading)
+      ?.filter((token) => token.type === 'inline')
+      .flatMap((token) => token.content.split('\n')) ?? null
+  );
 }
 
 /**
