@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import path from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import type { SaveStyle } from './approvals/human-edit.js';
 import {
   decideCommand,
@@ -17,6 +17,7 @@ import type { Pipeline } from './pipeline.js';
 import { loadConfig } from './config.js';
 import { isGateError } from './errors.js';
 import { createLogger } from './log.js';
+import { PROJECT_ROOT } from './server/launch.js';
 
 /**
  * The config: --config, else $APPROVAL_GATE_CONFIG, else ./approval-gate.yaml if it exists, else the
@@ -28,12 +29,27 @@ const DEFAULT_CONFIG =
     ? 'approval-gate.yaml'
     : path.join(homedir(), '.config', 'approval-gate', 'approval-gate.yaml'));
 
+/** The version in package.json at the project root (from src/ through tsx, or from dist/src/ when built). */
+function packageVersion(): string {
+  const manifest: unknown = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'package.json'), 'utf8'));
+  return typeof manifest === 'object' && manifest !== null && 'version' in manifest
+    ? String(manifest.version)
+    : 'unknown';
+}
+
+/** Approval ids are upper case on disk; people type them as they like. */
+const approvalId = (value: string): string => value.toUpperCase();
+
 const program = new Command()
   .name('approval-gate')
   .description(
     'An MCP server whose execute_migration tool runs SQL only after a human approves it in a Markdown file.',
   )
-  .showHelpAfterError();
+  .version(packageVersion())
+  .showHelpAfterError()
+  // Usage errors throw instead of exiting 1, so they exit 2 (invalid input); set before the
+  // subcommands are added, which inherit it.
+  .exitOverride();
 
 program
   .command('serve')
@@ -142,7 +158,7 @@ clientCommand(
   'show',
   'Show a request: the SQL that runs, the computed findings, the result, and a diff if the file was tampered with.',
 )
-  .argument('<id>', 'approval id, e.g. APR-20260213-003')
+  .argument('<id>', 'approval id, e.g. APR-20260213-003 (any case)', approvalId)
   .action((id: string, options: ClientOptions) =>
     withClient(options, (pipeline, output) => showCommand(pipeline, id, output)),
   );
@@ -178,7 +194,7 @@ decideOptions(
       '--wait-result once it has finished.',
   ),
 )
-  .argument('<id>', 'approval id')
+  .argument('<id>', 'approval id (any case)', approvalId)
   .option('--comment <text>', 'a comment for the record')
   .option('--second <name>', 'second approver, when the policy requires two')
   .option(
@@ -217,7 +233,7 @@ decideOptions(
   );
 
 decideOptions(clientCommand('reject', 'Reject a request, with the reason the agent will be told.'))
-  .argument('<id>', 'approval id')
+  .argument('<id>', 'approval id (any case)', approvalId)
   .requiredOption('--reason <text>', 'why (required)')
   .action(
     (
@@ -250,7 +266,7 @@ clientCommand(
   'rollback',
   'Request the rollback of an executed request (a new request; someone else approves it).',
 )
-  .argument('<id>', 'the executed approval id')
+  .argument('<id>', 'the executed approval id (any case)', approvalId)
   .requiredOption('--as <name>', 'your name, as requested_by')
   .requiredOption('--reason <text>', 'why it must be undone')
   .action((id: string, options: ClientOptions & { as: string; reason: string }) =>
@@ -270,7 +286,10 @@ clientCommand('watch', 'Live view of requests and their countdowns (Ctrl-C to st
 
 program.parseAsync().catch((error: unknown) => {
   // One place prints errors, once, to stderr; stdout may be the MCP channel.
-  if (isGateError(error)) {
+  if (error instanceof CommanderError) {
+    // Commander has already printed its message (or the help or version it was asked for).
+    process.exitCode = error.exitCode === 0 ? 0 : 2;
+  } else if (isGateError(error)) {
     process.stderr.write(`approval-gate: ${error.message} [${error.code}]\n`);
     process.exitCode = 2;
   } else {

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { GateError } from './errors.js';
@@ -417,6 +418,20 @@ export function parseConfig(input: unknown, baseDir: string, configPath: string 
   };
 }
 
+/** Says where the config was looked for and the commands that create it from the shipped example. */
+function missingConfigMessage(absolute: string): string {
+  const here = fileURLToPath(import.meta.url);
+  // src/config.ts through tsx, dist/src/config.js when built.
+  const projectRoot = path.resolve(path.dirname(here), here.endsWith('.ts') ? '..' : '../..');
+  const example = path.join(projectRoot, 'examples', 'approval-gate.yaml');
+  const quote = (p: string) => (/^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replaceAll("'", `'\\''`)}'`);
+  return (
+    `No config at ${absolute}. Create one from the example: ` +
+    `mkdir -p ${quote(path.dirname(absolute))} && cp ${quote(example)} ${quote(absolute)}, ` +
+    'then edit its databases and environments; or pass --config <path> / set APPROVAL_GATE_CONFIG.'
+  );
+}
+
 /** Reads and validates a YAML (or JSON) config file; every problem is reported in one message. */
 export function loadConfig(configPath: string): Config {
   const absolute = path.resolve(configPath);
@@ -424,6 +439,9 @@ export function loadConfig(configPath: string): Config {
   try {
     text = readFileSync(absolute, 'utf8');
   } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new GateError('CONFIG_UNREADABLE', missingConfigMessage(absolute), { cause: error });
+    }
     throw new GateError('CONFIG_UNREADABLE', `Cannot read the config file ${absolute}.`, { cause: error });
   }
   let data: unknown;
