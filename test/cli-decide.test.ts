@@ -1,9 +1,8 @@
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PROJECT_ROOT } from '../src/server/launch.js';
+import { runCli } from './helpers/cli.js';
 import { startStdioServer, type StdioSession } from './helpers/mcp.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
 import { createWorkspace, type Workspace } from './helpers/workspace.js';
@@ -17,24 +16,7 @@ const table = uniqueName('cli_decide');
 const ledgerSchema = uniqueName('gate_cli_decide');
 const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
 
-function cli(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', 'src/cli.ts', ...args, '--config', workspace.configPath],
-      {
-        cwd: PROJECT_ROOT,
-        env: { ...process.env, ...env, NO_COLOR: '1' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = (...args: string[]) => runCli([...args, '--config', workspace.configPath], env);
 
 async function pending(column: string): Promise<{ id: string; file: string }> {
   const { outcome } = await server.call('execute_migration', {

@@ -3,7 +3,8 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import { ApprovalStore } from '../../src/approvals/store.js';
-import { PROJECT_ROOT, stdioServerCommand } from '../../src/server/launch.js';
+import { stdioServerCommand } from '../../src/server/launch.js';
+import { runCli, type CliRun } from '../helpers/cli.js';
 import { sampleCommand, sampleContext, sampleRequest } from '../helpers/requests.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
@@ -17,11 +18,7 @@ const UNREACHABLE_DB_URL = 'postgres://postgres@127.0.0.1:1/none';
 const env = { ...process.env, TEST_MAIN_DB_URL: UNREACHABLE_DB_URL };
 const KNEX_TEXT = /Acquire connection error|Knex:/;
 
-interface Run {
-  readonly stdout: string;
-  readonly stderr: string;
-  readonly code: number | null;
-}
+type Run = CliRun;
 
 let workspace: Workspace;
 
@@ -71,22 +68,7 @@ async function callOverStdio(
   return { stdout, stderr, code, response };
 }
 
-function runCli(args: readonly string[]): Promise<Run> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], {
-    cwd: PROJECT_ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString('utf8');
-  });
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString('utf8');
-  });
-  return new Promise((resolve) => child.once('close', (code) => resolve({ stdout, stderr, code })));
-}
+const cli = (args: readonly string[]) => runCli(args, { TEST_MAIN_DB_URL: UNREACHABLE_DB_URL });
 
 describe('stdout belongs to the protocol', () => {
   it('a stdio server with an unreachable database answers a tool call, and every stdout line is JSON-RPC', async () => {
@@ -161,12 +143,12 @@ describe('stdout belongs to the protocol', () => {
 
     it('writes only its JSON to stdout for `approvals list` and `approvals show` when the database is unreachable', async () => {
       const config = path.resolve(workspace.configPath);
-      const list = await runCli(['approvals', 'list', '--config', config, '--json']);
+      const list = await cli(['approvals', 'list', '--config', config, '--json']);
       expect(list.stdout).not.toMatch(KNEX_TEXT);
       expect(list.code, list.stderr).toBe(0);
       expect(JSON.parse(list.stdout)).toMatchObject({ approvals: [{ approval_id: id }] });
 
-      const show = await runCli(['approvals', 'show', id, '--config', config, '--json']);
+      const show = await cli(['approvals', 'show', id, '--config', config, '--json']);
       expect(show.stdout).not.toMatch(KNEX_TEXT);
       expect(show.code, show.stderr).toBe(0);
       const shown = JSON.parse(show.stdout) as { executionError: string | null; ledger?: string };
@@ -174,7 +156,7 @@ describe('stdout belongs to the protocol', () => {
       expect(shown.executionError).toMatch(/ledger could not be read/);
       expect(shown.ledger).toBe('unreachable');
       // In a human's terminal, a finished request does not look "running": it says what it cannot know.
-      const human = await runCli(['approvals', 'show', id, '--config', config]);
+      const human = await cli(['approvals', 'show', id, '--config', config]);
       expect(human.stdout).toContain(
         'execution: unknown here: the ledger is not reachable from this terminal',
       );
