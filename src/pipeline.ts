@@ -361,7 +361,8 @@ export class Pipeline {
     this.#env = options.env ?? process.env;
     this.#serverName = options.serverName ?? 'approval-gate';
     this.#role = options.role ?? 'server';
-    this.#events.setMaxListeners(0);
+    // Every waiting tool call and every subscribed session listens; far more than that is a leak.
+    this.#events.setMaxListeners(10_000);
     this.#audit = new AuditLog(config.stateDir, this.#clock);
     this.#notifier = new Notifier(config.notify, this.#log);
     this.#gate = new Gate({
@@ -384,10 +385,14 @@ export class Pipeline {
       onDecision: (request, decision) => this.#onDecision(request, decision),
     });
     this.#gate.events.on('changed', (id: string) => {
-      this.#events.emit(id);
-      this.#events.emit('*', id);
-      this.#events.emit('*', id);
+      this.#changed(id);
     });
+  }
+
+  /** Tells waiting calls (`id`) and subscribers (`*`) once that a request changed. */
+  #changed(id: string): void {
+    this.#events.emit(id);
+    this.#events.emit('*', id);
   }
 
   /** Opens the store, starts the gate and resumes every request left undecided or unexecuted. */
@@ -618,7 +623,7 @@ export class Pipeline {
     this.#findings.set(request.id, findings);
     this.#impact.set(request.id, impact);
     this.#notifier.pending({ request, file: this.#store.filePath(request.id), findings });
-    this.#events.emit('*', request.id);
+    this.#changed(request.id);
     return { request, analysis, findings };
   }
 
@@ -644,10 +649,12 @@ export class Pipeline {
         `${id} has not been executed successfully (execution: ${original.execution}); there is nothing to roll back.`,
       );
     }
+    let earlier = 0;
     for (const other of await this.#store.listRequestIds()) {
       // A record or decision that fails its checks can never run, so it cannot hold the rollback slot.
       const candidate = await this.#store.readRequest(other).catch(() => null);
       if (candidate?.rollback_of !== id) continue;
+      earlier += 1;
       const decision = await this.#store.readDecision(other).catch(() => null);
       if (!decision || decision.status === 'APPROVED') {
         throw new GateError(
@@ -656,18 +663,29 @@ export class Pipeline {
         );
       }
     }
-    const { request: rollback, findings } = await this.submit(
-      {
-        environment: request.command.environment,
-        database: request.command.database,
-        sql: request.command.rollback_sql,
-        title: `Roll back ${id}: ${request.title}`.slice(0, 200),
-        reason: `Runs the rollback SQL recorded with ${id} (executed ${original.result.finished_at}). Requested by ${who.requestedBy}: ${who.reason}`,
-        priority: request.priority,
-      },
-      { requestedBy: who.requestedBy, rollbackOf: id },
-    );
-    return { request: rollback, findings };
+    // Checked, then claimed: of two concurrent calls (in one process or two) that both passed the
+    // check, only the one that creates the claim for this generation goes on.
+    if (!(await this.#store.claimRollback(id, earlier + 1))) {
+      throw new GateError('ROLLBACK_ALREADY_REQUESTED', `A rollback of ${id} is being requested right now.`);
+    }
+    try {
+      const { request: rollback, findings } = await this.submit(
+        {
+          environment: request.command.environment,
+          database: request.command.database,
+          sql: request.command.rollback_sql,
+          title: `Roll back ${id}: ${request.title}`.slice(0, 200),
+          reason: `Runs the rollback SQL recorded with ${id} (executed ${original.result.finished_at}). Requested by ${who.requestedBy}: ${who.reason}`,
+          priority: request.priority,
+        },
+        { requestedBy: who.requestedBy, rollbackOf: id },
+      );
+      return { request: rollback, findings };
+    } catch (error) {
+      // No rollback request came of it: the next attempt may claim this generation again.
+      await this.#store.releaseRollbackClaim(id, earlier + 1);
+      throw error;
+    }
   }
 
   /** A line per request, from the state directory and the files only (no database round trip). */
@@ -984,8 +1002,7 @@ export class Pipeline {
         );
         break;
     }
-    this.#events.emit(id);
-    this.#events.emit('*', id);
+    this.#changed(id);
   }
 
   /**
@@ -1007,8 +1024,7 @@ export class Pipeline {
       `Trying again in ${Math.ceil(delayMs / 1000)} s, until the request expires at ${request.expires_at}`;
     this.#executions.set(id, { state: 'running', note });
     this.#log.warn({ approval_id: id, attempt, delay_ms: delayMs }, note);
-    this.#events.emit(id);
-    this.#events.emit('*', id);
+    this.#changed(id);
     await this.#writeToFile(id, { execution: 'not_started', execution_error: note });
     const timer = setTimeout(() => {
       this.#executions.delete(id);
@@ -1022,8 +1038,7 @@ export class Pipeline {
     const { id, command } = request;
     if (this.#executions.has(id)) return;
     this.#executions.set(id, { state: 'running' });
-    this.#events.emit(id);
-    this.#events.emit('*', id);
+    this.#changed(id);
     await this.#writeToFile(id, {
       gate_error: undefined,
       // A decision the policy made (no human): the file's status says it, like the body will.
@@ -1093,9 +1108,7 @@ export class Pipeline {
         (note) => {
           this.#executions.set(id, { state: 'running', note });
           this.#log.info({ approval_id: id, note }, 'execution progress');
-          this.#events.emit(id);
-          this.#events.emit('*', id);
-          this.#events.emit('*', id);
+          this.#changed(id);
         },
       ));
       if (ranHere) crashPoint('after-commit');

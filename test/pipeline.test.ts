@@ -80,6 +80,36 @@ describe('security: migration_file stays inside the migrations directory', () =>
 });
 
 describe('rollback on request', () => {
+  it('two concurrent rollback requests of one execution make exactly one new request', async () => {
+    const table = uniqueName('rollback_race');
+    await knex.schema.createTable(table, (t) => t.increments('id'));
+    try {
+      const { request } = await pipeline.submit({
+        environment: 'staging',
+        database: 'main_db',
+        sql: `ALTER TABLE ${table} ADD COLUMN tier text`,
+        rollback_sql: `ALTER TABLE ${table} DROP COLUMN tier`,
+        title: 'Add tier',
+        reason: 'A change two people want rolled back at once.',
+      });
+      await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 });
+      const asks = await Promise.allSettled(
+        ['Sam Okafor', 'Lee Park', 'Ana Ruiz'].map((requestedBy) =>
+          pipeline.requestRollback(request.id, { requestedBy, reason: 'Roll it back.' }),
+        ),
+      );
+      expect(asks.filter((a) => a.status === 'fulfilled')).toHaveLength(1);
+      for (const ask of asks.filter((a) => a.status === 'rejected')) {
+        expect((ask as PromiseRejectedResult).reason).toMatchObject({ code: 'ROLLBACK_ALREADY_REQUESTED' });
+      }
+      const rollbacks = (await pipeline.list()).filter((s) => s.title.startsWith(`Roll back ${request.id}`));
+      expect(rollbacks).toHaveLength(1);
+    } finally {
+      await knex.schema.dropTableIfExists(table);
+    }
+  });
+
   it('runs the recorded rollback SQL only through a new approval, never approved by its requester', async () => {
     const table = uniqueName('rollback');
     await knex.schema.createTable(table, (t) => t.increments('id'));
@@ -511,4 +541,30 @@ describe('an outage does not burn an approval', () => {
       await gate.close();
     }
   }, 30_000);
+});
+
+describe('change notifications', () => {
+  it('tells subscribers once per change, not twice', async () => {
+    const { request } = await pipeline.submit({
+      environment: 'staging',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'Counting notifications',
+      reason: 'One refused edit is one change.',
+    });
+    let seen = 0;
+    const stop = pipeline.onChange((id) => {
+      if (id === request.id) seen += 1;
+    });
+    try {
+      const file = pipeline.filePath(request.id);
+      await saveAs(file, updateFrontMatter(await readFile(file, 'utf8'), { status: 'APROVED' }), 'rename');
+      await waitForFileText(file, (text) => text.includes('STATUS_INVALID'));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(seen).toBe(1);
+    } finally {
+      stop();
+      await pipeline.cancel(request.id, { by: 'agent', reason: 'done counting' });
+    }
+  });
 });

@@ -65,12 +65,15 @@ export class ApprovalStore {
   readonly installation: string;
   readonly #records: string;
   readonly #decisions: string;
+  /** Claims of rollback requests, one per rollback generation of an executed request. */
+  readonly #rollbacks: string;
 
   private constructor(approvalsDir: string, stateDir: string, installation: string) {
     this.approvalsDir = approvalsDir;
     this.installation = installation;
     this.#records = path.join(stateDir, 'records');
     this.#decisions = path.join(stateDir, 'decisions');
+    this.#rollbacks = path.join(stateDir, 'rollbacks');
   }
 
   static async open(approvalsDir: string, stateDir: string): Promise<ApprovalStore> {
@@ -216,6 +219,21 @@ export class ApprovalStore {
       );
     }
     return decision;
+  }
+
+  /**
+   * Claims the `generation`-th rollback request of `id` (1 for the first, 2 after a first one ended
+   * without approval, …) with an exclusive create; false when another caller holds it.
+   */
+  async claimRollback(id: string, generation: number): Promise<boolean> {
+    this.filePath(id);
+    await mkdir(this.#rollbacks, { recursive: true, mode: 0o700 });
+    return createExclusive(path.join(this.#rollbacks, `${id}.${generation}`), `${generation}\n`, 0o600);
+  }
+
+  async releaseRollbackClaim(id: string, generation: number): Promise<void> {
+    this.filePath(id);
+    await unlink(path.join(this.#rollbacks, `${id}.${generation}`)).catch(() => undefined);
   }
 
   /** Reads the approval file as data: regular files only (no symlinks), size-capped, strict UTF-8. */
