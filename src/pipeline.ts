@@ -813,6 +813,18 @@ export class Pipeline {
       // Unreachable or unreadable for now: report it with the running state rather than hide it.
       lookupError = `the ledger could not be read: ${describeError(error)}`;
     }
+    // No ledger row: an outcome recorded in the state directory (nothing was sent, or unknown) is
+    // final; it outlives the process that saw it.
+    const stored = local?.state === 'running' ? null : await this.#store.readOutcome(id);
+    if (stored) {
+      return {
+        ...base,
+        execution: stored.execution,
+        result: null,
+        executionError: stored.error,
+        final: true,
+      };
+    }
     return {
       ...base,
       execution: 'running',
@@ -891,6 +903,8 @@ export class Pipeline {
       }
       const file = await this.#store.readApprovalFile(id);
       if (file.kind === 'ok' && hasOutcomeMarker(file.text, RESULT_MARKER)) continue;
+      // Ended without a ledger row (not started, or unknown): never run again on a restart.
+      if (await this.#store.readOutcome(id).catch(() => null)) continue;
       this.#log.info(
         { approval_id: id, status: decision.status },
         'resuming a decided request whose outcome was not written',
@@ -1128,6 +1142,16 @@ export class Pipeline {
         (error instanceof GateError && error.code.startsWith('SIGNATURE_'));
       const message = describeError(error);
       this.#executions.set(id, { state: certain ? 'not_started' : 'unknown', error: message });
+      // Not only in memory: after a restart the request is final, never "running" for ever.
+      await this.#store
+        .recordOutcome(id, {
+          execution: certain ? 'failed' : 'unknown',
+          error: message,
+          at: formatTimestamp(this.#clock(), this.config.timezone),
+        })
+        .catch((cause: unknown) =>
+          this.#log.error({ approval_id: id, err: describeError(cause) }, 'could not record the outcome'),
+        );
       this.#log.error({ approval_id: id, err: message, certain }, 'execution did not complete');
       await this.#audit.append({
         approval_id: id,

@@ -13,6 +13,7 @@ import {
   chmod,
 } from 'node:fs/promises';
 import path from 'node:path';
+import { z } from 'zod';
 import { GateError } from '../errors.js';
 import { decodeUtf8, MAX_FILE_BYTES, parseApprovalText, type ParsedApprovalFile } from './frontmatter.js';
 import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision, hashCommand } from './request.js';
@@ -24,6 +25,16 @@ import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision, hashCommand } from './r
  * a record, and `link` refuses to replace an existing name, which makes id allocation and "the first
  * decision stands" hold across processes.
  */
+
+/** An execution's end that no ledger row records. */
+export const StoredOutcome = z
+  .object({
+    execution: z.enum(['failed', 'unknown']),
+    error: z.string(),
+    at: z.string(),
+  })
+  .strict();
+export type StoredOutcome = z.infer<typeof StoredOutcome>;
 
 export type ApprovalFileRead =
   | { readonly kind: 'ok'; readonly text: string; readonly parsed: ParsedApprovalFile }
@@ -67,6 +78,8 @@ export class ApprovalStore {
   readonly #decisions: string;
   /** Claims of rollback requests, one per rollback generation of an executed request. */
   readonly #rollbacks: string;
+  /** Outcomes no ledger row records: an execution that never started, or whose end is unknown. */
+  readonly #outcomes: string;
 
   private constructor(approvalsDir: string, stateDir: string, installation: string) {
     this.approvalsDir = approvalsDir;
@@ -74,6 +87,7 @@ export class ApprovalStore {
     this.#records = path.join(stateDir, 'records');
     this.#decisions = path.join(stateDir, 'decisions');
     this.#rollbacks = path.join(stateDir, 'rollbacks');
+    this.#outcomes = path.join(stateDir, 'outcomes');
   }
 
   static async open(approvalsDir: string, stateDir: string): Promise<ApprovalStore> {
@@ -234,6 +248,28 @@ export class ApprovalStore {
   async releaseRollbackClaim(id: string, generation: number): Promise<void> {
     this.filePath(id);
     await unlink(path.join(this.#rollbacks, `${id}.${generation}`)).catch(() => undefined);
+  }
+
+  /**
+   * Records how an execution ended when the ledger does not say it (nothing was sent, or the
+   * connection failed mid-way): the first record stands, so a restart finds a final answer.
+   */
+  async recordOutcome(id: string, outcome: StoredOutcome): Promise<void> {
+    this.filePath(id);
+    await mkdir(this.#outcomes, { recursive: true, mode: 0o700 });
+    await createExclusive(path.join(this.#outcomes, `${id}.json`), `${JSON.stringify(outcome)}\n`, 0o600);
+  }
+
+  async readOutcome(id: string): Promise<StoredOutcome | null> {
+    this.filePath(id);
+    try {
+      return StoredOutcome.parse(JSON.parse(await readFile(path.join(this.#outcomes, `${id}.json`), 'utf8')));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw new GateError('OUTCOME_CORRUPT', `The recorded outcome of ${id} cannot be read.`, {
+        cause: error,
+      });
+    }
   }
 
   /** Reads the approval file as data: regular files only (no symlinks), size-capped, strict UTF-8. */

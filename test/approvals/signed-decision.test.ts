@@ -299,6 +299,19 @@ describe('security: decisions the agent cannot forge', () => {
       expect(final.execution).toBe('failed');
       expect(final.executionError).toMatch(/not signed as required/);
       expect(await columnsOf(knex, table)).not.toContain(column);
+      // Recorded, not only in memory: after a restart it is still final, never "running".
+      const restarted = await Pipeline.open(workspace.config, {
+        log: silentLogger,
+        env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+        transport: 'http',
+      });
+      try {
+        const again = await restarted.status(target.id);
+        expect(again.final).toBe(true);
+        expect(again.execution).toBe('failed');
+      } finally {
+        await restarted.close();
+      }
     }
   });
 
