@@ -4,7 +4,7 @@ import { codeBlock, codeText, inlineCode, plainText, replaceInvisible, tableCell
 import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
-import type { ApprovalRequest, Decision } from './request.js';
+import { COMMAND_FIELDS, type ApprovalRequest, type Decision } from './request.js';
 import { canonicalMessage, SIGNATURE_NAMESPACE, type SignedDecision } from './signature.js';
 
 /** What the server computed about the SQL, shown beside the agent's own words. */
@@ -49,6 +49,9 @@ function blockScalar(value: string): Scalar {
 
 const hasInvisible = (value: string | null) => value !== null && codeText(value) !== value;
 
+/** Fields shown as YAML blocks, the way SQL is written. */
+const SQL_FIELDS: ReadonlySet<string> = new Set(['sql', 'rollback_sql']);
+
 /**
  * The Execution Command block: the exact parameters the server will run, as YAML. The tamper check
  * compares this block with the canonical record; the Preview sections are display only.
@@ -56,13 +59,12 @@ const hasInvisible = (value: string | null) => value !== null && codeText(value)
 export function renderExecutionCommand(request: ApprovalRequest, serverName: string): string {
   const { command } = request;
   const parameters = new YAMLMap();
-  parameters.set('environment', command.environment);
-  parameters.set('database', command.database);
-  if (command.migration_file !== null) parameters.set('migration_file', command.migration_file);
-  parameters.set('sql', blockScalar(command.sql));
-  if (command.rollback_sql !== null) parameters.set('rollback_sql', blockScalar(command.rollback_sql));
-  parameters.set('dry_run', command.dry_run);
-  parameters.set('backup_before', command.backup_before);
+  for (const field of COMMAND_FIELDS) {
+    const value = command[field];
+    // An absent optional field is not shown (the tamper check reads a missing key as null).
+    if (value === null) continue;
+    parameters.set(field, typeof value === 'string' && SQL_FIELDS.has(field) ? blockScalar(value) : value);
+  }
   const document = new Document({ mcp_server: serverName, method: 'execute_migration' });
   (document.contents as YAMLMap).set('parameters', parameters);
   const yaml = document.toString({
@@ -70,13 +72,9 @@ export function renderExecutionCommand(request: ApprovalRequest, serverName: str
     defaultKeyType: 'PLAIN',
     lineWidth: 0,
   });
-  const values = [
-    command.environment,
-    command.database,
-    command.migration_file,
-    command.sql,
-    command.rollback_sql,
-  ];
+  const values = COMMAND_FIELDS.map((field) => command[field]).filter(
+    (value): value is string => typeof value === 'string',
+  );
   if (!values.some(hasInvisible)) return yaml;
   // Every string value is double-quoted here (keys are constants), where `\uXXXX` is a valid escape.
   return replaceInvisible(yaml, (hex) => `\\u${hex}`);

@@ -20,6 +20,13 @@ export const MigrationCommand = z
 export type MigrationCommand = z.infer<typeof MigrationCommand>;
 
 /**
+ * The command's fields, in the schema's order: the one list that the hash, the Execution Command
+ * block and the tamper check all walk, so that no field can be hashed but not shown, or shown but not
+ * checked. Adding a field to MigrationCommand adds it everywhere (and changes every hash).
+ */
+export const COMMAND_FIELDS = MigrationCommand.keyof().options;
+
+/**
  * The server's canonical record of a request. It lives in the state directory, never in the
  * human-editable file; execution always uses this record, never text read back from the file.
  */
@@ -53,15 +60,7 @@ export type ApprovalRequest = z.infer<typeof ApprovalRequest>;
  * share a hash, never an id.
  */
 export function hashCommand(command: MigrationCommand): string {
-  const canonical = JSON.stringify([
-    command.environment,
-    command.database,
-    command.migration_file,
-    command.sql,
-    command.rollback_sql,
-    command.dry_run,
-    command.backup_before,
-  ]);
+  const canonical = JSON.stringify(COMMAND_FIELDS.map((field) => command[field]));
   return `sha256:${createHash('sha256').update(canonical, 'utf8').digest('hex')}`;
 }
 

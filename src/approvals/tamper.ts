@@ -2,7 +2,7 @@ import type { Token } from 'markdown-it';
 import { parseDocument } from 'yaml';
 import { codeText } from './markdown.js';
 import { fenceIn, headingPositions, parseBlocks, sectionTokens } from './sections.js';
-import type { ApprovalRequest } from './request.js';
+import { COMMAND_FIELDS, type ApprovalRequest } from './request.js';
 
 /**
  * What executes is exactly what was shown. Before a decision counts, the file must still show the
@@ -47,15 +47,9 @@ function differingParameters(block: string, request: ApprovalRequest): string[] 
   if (shown.method !== 'execute_migration' || typeof parameters !== 'object' || parameters === null)
     return null;
   const { command } = request;
-  const expected: Record<string, unknown> = {
-    environment: command.environment,
-    database: command.database,
-    migration_file: command.migration_file,
-    sql: command.sql,
-    rollback_sql: command.rollback_sql,
-    dry_run: command.dry_run,
-    backup_before: command.backup_before,
-  };
+  const expected: Record<string, unknown> = Object.fromEntries(
+    COMMAND_FIELDS.map((field) => [field, command[field]]),
+  );
   const differing = Object.entries(expected)
     .filter(([key, value]) => (parameters[key] ?? null) !== value)
     .map(([key]) => key);

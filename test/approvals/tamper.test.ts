@@ -1,6 +1,8 @@
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { renderApprovalFile, renderOutcomeSection } from '../../src/approvals/render.js';
+import { COMMAND_FIELDS, hashCommand } from '../../src/approvals/request.js';
 import { fencedBlockUnder, findTampering } from '../../src/approvals/tamper.js';
 import { sampleContext, sampleRequest } from '../helpers/requests.js';
 
@@ -86,5 +88,30 @@ describe('security: the tamper check reads sections as a Markdown preview shows 
     );
     expect(result).toMatchObject({ code: 'PREVIEW_TAMPERED' });
     expect(result?.message).toContain('raw HTML that can hide sections');
+  });
+});
+
+describe('security: every field of the command is hashed, shown and checked', () => {
+  const command = request.command;
+  /** A different value of the same kind for each field, as an edit of the shown block would make. */
+  const changed = (field: (typeof COMMAND_FIELDS)[number]): unknown => {
+    const value = command[field];
+    if (typeof value === 'boolean') return !value;
+    if (value === null) return 'something';
+    return `${value} -- edited`;
+  };
+
+  it.each(COMMAND_FIELDS.map((field) => [field]))('voids an approval whose shown %s was edited', (field) => {
+    const block = fencedBlockUnder(body, '### Execution Command') ?? '';
+    const shown = parseYaml(block) as { parameters: Record<string, unknown> };
+    shown.parameters[field] = changed(field);
+    const editedBody = body.replace(block, stringifyYaml(shown).replace(/\n$/, ''));
+    const found = findTampering({ ...data, status: 'APPROVED' }, editedBody, request);
+    expect(found?.code).toBe('COMMAND_TAMPERED');
+    expect(found?.message).toContain(field);
+  });
+
+  it.each(COMMAND_FIELDS.map((field) => [field]))('changes the request hash when %s changes', (field) => {
+    expect(hashCommand({ ...command, [field]: changed(field) })).not.toBe(hashCommand(command));
   });
 });
