@@ -3,7 +3,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { GateError } from './errors.js';
+import { describeError, GateError } from './errors.js';
 import { RISK_CODES } from './migration/risks.js';
 import { isValidTimeZone } from './time.js';
 
@@ -450,7 +450,7 @@ export function loadConfig(configPath: string): Config {
   } catch (error) {
     throw new GateError(
       'CONFIG_INVALID',
-      `The config at ${absolute} is not valid YAML: ${error instanceof Error ? error.message : String(error)}`,
+      `The config at ${absolute} is not valid YAML: ${describeError(error)}`,
     );
   }
   return parseConfig(data, path.dirname(absolute), absolute);

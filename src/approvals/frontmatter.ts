@@ -1,6 +1,6 @@
 import matter from 'gray-matter';
 import { Document, isMap, isScalar, parseDocument, Scalar, type ToStringOptions } from 'yaml';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import { codeText } from './markdown.js';
 
 /**
@@ -44,10 +44,7 @@ export function parseYamlData(text: string): Record<string, unknown> {
   try {
     data = document.toJS({ maxAliasCount: MAX_ALIASES });
   } catch (error) {
-    throw new GateError(
-      'FRONT_MATTER_YAML',
-      `The front matter is not valid YAML: ${error instanceof Error ? error.message : String(error)}`,
-    );
+    throw new GateError('FRONT_MATTER_YAML', `The front matter is not valid YAML: ${describeError(error)}`);
   }
   if (data === null || data === undefined) return {};
   if (typeof data !== 'object' || Array.isArray(data)) {

@@ -1,7 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
 import type { Logger } from '../log.js';
 import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
@@ -123,15 +123,12 @@ export class Gate {
           } catch (error) {
             // A forged record or decision never runs; say so once and look at the next one.
             this.#settled.add(id);
-            log.error(
-              { approval_id: id, err: error instanceof Error ? error.message : String(error) },
-              'request skipped',
-            );
+            log.error({ approval_id: id, err: describeError(error) }, 'request skipped');
           }
         }
       }
     } catch (error) {
-      log.error({ err: error instanceof Error ? error.message : String(error) }, 'periodic re-check failed');
+      log.error({ err: describeError(error) }, 'periodic re-check failed');
     }
   }
 
@@ -192,10 +189,7 @@ export class Gate {
         await this.#checkOnce(tracked);
       } while (tracked.again && this.#tracked.has(id));
     } catch (error) {
-      this.#options.log.error(
-        { approval_id: id, err: error instanceof Error ? error.message : String(error) },
-        'gate check failed',
-      );
+      this.#options.log.error({ approval_id: id, err: describeError(error) }, 'gate check failed');
     } finally {
       tracked.checking = false;
     }
@@ -476,10 +470,7 @@ export class Gate {
       await this.#showProblem(id, problem, file.parsed.data.gate_error);
       this.events.emit('changed', id);
     } catch (error) {
-      this.#options.log.error(
-        { approval_id: id, err: error instanceof Error ? error.message : String(error) },
-        'inspecting a file failed',
-      );
+      this.#options.log.error({ approval_id: id, err: describeError(error) }, 'inspecting a file failed');
     } finally {
       this.#inspecting.delete(id);
       if (this.#inspectAgain.delete(id)) void this.#inspectUntracked(id);

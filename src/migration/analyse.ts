@@ -1,5 +1,5 @@
 import { loadModule, parse, type ParseResult } from 'libpg-query';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import { statementsOfTree, type AnalysedStatement } from './parse-tree.js';
 import { executedSites } from './nested-code.js';
 import { refusalOf } from './refusals.js';
@@ -39,7 +39,7 @@ export async function analyseSql(sql: string): Promise<Analysis> {
     tree = await parse(sql);
   } catch (error) {
     const details = (error as { sqlDetails?: { message: string; cursorPosition: number } }).sqlDetails;
-    const message = details?.message ?? (error instanceof Error ? error.message : String(error));
+    const message = details?.message ?? describeError(error);
     if (details) {
       const { line, column } = lineAndColumn(sql, details.cursorPosition);
       throw new GateError(

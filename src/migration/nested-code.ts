@@ -1,4 +1,5 @@
 import { parsePlPgSQLSync, scanSync } from 'libpg-query';
+import { describeError } from '../errors.js';
 import {
   child,
   defElem,
@@ -130,10 +131,6 @@ function expressionSql(query: string, parseMode: number): string | null {
     }
   }
   return `SELECT ${query}`;
-}
-
-function describeError(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**

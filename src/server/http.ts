@@ -6,7 +6,7 @@ import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import type { Config } from '../config.js';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Pipeline } from '../pipeline.js';
 import { createServer, SERVER_NAME } from './index.js';
@@ -194,7 +194,7 @@ export async function serveHttp(
         }
       }
     })().catch((error: unknown) => {
-      log.error({ err: error instanceof Error ? error.message : String(error) }, 'HTTP request failed');
+      log.error({ err: describeError(error) }, 'HTTP request failed');
       if (!res.headersSent)
         reply(
           res,
@@ -216,10 +216,7 @@ export async function serveHttp(
   const sweeper = setInterval(
     () => {
       closeIdleSessions().catch((error: unknown) =>
-        log.error(
-          { err: error instanceof Error ? error.message : String(error) },
-          'closing idle HTTP sessions failed',
-        ),
+        log.error({ err: describeError(error) }, 'closing idle HTTP sessions failed'),
       );
     },
     Math.min(idleMs / 4, 30_000),
