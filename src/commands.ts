@@ -6,7 +6,8 @@ import { renderExecutionCommand } from './approvals/render.js';
 import type { Config } from './config.js';
 import { GateError } from './errors.js';
 import type { Logger } from './log.js';
-import { Pipeline, signersOf, type ApprovalStatus, type ApprovalSummary } from './pipeline.js';
+import { Pipeline, type ApprovalStatus, type ApprovalSummary } from './pipeline.js';
+import { signersOf } from './service/startup.js';
 import { SERVER_NAME } from './server/index.js';
 import { parseApprovalText } from './approvals/frontmatter.js';
 import { readFile } from 'node:fs/promises';
@@ -126,7 +127,8 @@ export function executionHere(status: ApprovalStatus, fileExecution: unknown): s
 
 export async function showCommand(pipeline: Pipeline, id: string, output: Output): Promise<number> {
   const status = await pipeline.status(id);
-  const text = await readFile(status.file, 'utf8').catch(() => null);
+  // The store's safe read: no symlink followed, size-capped, strict UTF-8, as the gate reads it.
+  const text = await pipeline.fileText(id).catch(() => null);
   const parsed =
     text === null
       ? null

@@ -1,8 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { realpath } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
-import { z } from 'zod';
 import { Gate, type DecisionProblem } from './approvals/gate.js';
 import { updateFrontMatter, type FrontMatterValue } from './approvals/frontmatter.js';
 import { showDecisionInBody } from './approvals/decision-display.js';
@@ -22,12 +20,11 @@ import { ApprovalStore } from './approvals/store.js';
 import { AuditLog } from './approvals/audit.js';
 import { assertOneLine, assertVisible } from './approvals/invisible.js';
 import { hasOutcomeMarker } from './approvals/sections.js';
-import { checkTrustedSigners, type TrustedSigners } from './approvals/signature.js';
 import { recheckRecordedSignatures } from './approvals/signed-decision.js';
-import { assertTrustAnchors, type Transport } from './trust-anchors.js';
+import type { Transport } from './trust-anchors.js';
 import { withReachableSession } from './migration/session.js';
 import { Notifier } from './approvals/notify.js';
-import { Priority, type Config } from './config.js';
+import type { Config } from './config.js';
 import { openDatabase } from './db.js';
 import { describeError, GateError } from './errors.js';
 import type { Logger } from './log.js';
@@ -35,91 +32,14 @@ import { analyseSql, assertExecutable, relationsOf, type Analysis } from './migr
 import { dumpTables, existingTables, pgDumpAvailable } from './migration/backup.js';
 import { describeRelations, type RelationFacts } from './migration/catalog.js';
 import { Executor, type MigrationJob } from './migration/execute.js';
-import {
-  assertDryRunIsDry,
-  assessRisks,
-  escapesTransaction,
-  RISK_TITLES,
-  type RiskFinding,
-} from './migration/risks.js';
+import { assertDryRunIsDry, assessRisks, RISK_TITLES, type RiskFinding } from './migration/risks.js';
 import type { ExecutionResult } from './migration/result.js';
 import { crashPoint } from './faults.js';
 import { formatTimestamp, systemClock, wholeSeconds, type Clock } from './time.js';
-
-/** What an agent submits. One zod schema: the MCP input schema and validation both come from it. */
-export const MigrationRequestInput = z.object({
-  environment: z
-    .string()
-    .min(1)
-    .max(100)
-    .describe('Target environment as named in the server config, e.g. "staging" or "production".'),
-  database: z
-    .string()
-    .min(1)
-    .max(100)
-    .describe('Logical database name from the server config, e.g. "main_db". Never a connection string.'),
-  migration_file: z
-    .string()
-    .min(1)
-    .max(500)
-    .optional()
-    .describe(
-      'Repository-relative path of the migration this SQL comes from, shown to the reviewer. The SQL that runs is `sql`.',
-    ),
-  sql: z
-    .string()
-    .min(1)
-    .max(100_000)
-    .describe(
-      'The exact SQL to run: one or more statements separated by semicolons, each sent to Postgres on its own. ' +
-        'They run in ONE transaction, so do not include BEGIN/COMMIT; a statement that cannot run in a transaction ' +
-        '(CREATE INDEX CONCURRENTLY) makes every statement run and commit on its own. Refused before a human sees it: ' +
-        "invisible or control characters (use E'\\u202E' escapes for data), SET/RESET of standard_conforming_strings " +
-        'or client_encoding, RESET ALL, DISCARD, SET SESSION AUTHORIZATION, LOAD, COPY FROM STDIN/TO STDOUT, and SQL ' +
-        "naming the gate's own schemas. Side effects no rollback undoes (COPY ... PROGRAM, dblink, pg_terminate_backend, " +
-        'server files, role/database DDL) and code the server cannot read (EXECUTE in DO blocks) are flagged DANGER; ' +
-        'an environment policy may refuse them.',
-    ),
-  rollback_sql: z
-    .string()
-    .min(1)
-    .max(100_000)
-    .optional()
-    .describe(
-      'SQL that undoes this migration, shown to the reviewer. A dry run rehearses it after the SQL (both are ' +
-        'rolled back); otherwise it runs only through request_rollback and a new human approval.',
-    ),
-  dry_run: z
-    .boolean()
-    .default(false)
-    .describe(
-      'true: after approval, run the SQL in a transaction and roll it back, reporting what happened. Refused ' +
-        'when a statement has effects no rollback undoes (the dry run would not be dry).',
-    ),
-  backup_before: z
-    .boolean()
-    .default(false)
-    .describe(
-      'true: back up the tables the SQL names before running (pg_dump, or copies inside the database); ' +
-        'if the backup fails, nothing runs.',
-    ),
-  title: z
-    .string()
-    .min(3)
-    .max(200)
-    .describe('One line (no line breaks) a human reviewer sees first, e.g. "Add loyalty_tier to customers".'),
-  reason: z
-    .string()
-    .min(10)
-    .max(10_000)
-    .describe(
-      'Why this change is needed and what it is expected to do; shown to the reviewer as your reasoning.',
-    ),
-  priority: Priority.default('medium').describe(
-    'critical | high | medium | low. Sets how long a human has to decide (critical: 15 minutes by default).',
-  ),
-});
-export type MigrationRequestInput = z.input<typeof MigrationRequestInput>;
+import { validateMigrationFile } from './service/migration-file.js';
+import { MigrationRequestInput } from './service/request-input.js';
+import { executionDetails, signatureLines, summariseResult } from './service/result-wording.js';
+import { assertSigningReady, signersOf, warnUnsetConnections } from './service/startup.js';
 
 export interface ApprovalSummary {
   readonly approval_id: string;
@@ -180,32 +100,6 @@ export interface PipelineOptions {
   readonly transport?: Transport;
 }
 
-/**
- * Refuses to start a server with a signed environment whose trust anchors (allowed_signers, revoked
- * keys, the config file) the agent could edit, or whose signers cannot be checked; warns, for each
- * environment without allowed_signers, that its decisions are not authenticated.
- */
-async function assertSigningReady(config: Config, transport: Transport, log: Logger): Promise<void> {
-  const anchors: { role: string; path: string }[] = [];
-  for (const name of Object.keys(config.environments)) {
-    const signers = signersOf(config, name);
-    if (signers === null) {
-      log.warn(
-        { environment: name },
-        `decisions in the ${name} environment are not authenticated: anyone who can edit its approval files can approve (set allowed_signers to require SSH signatures)`,
-      );
-      continue;
-    }
-    await checkTrustedSigners(signers);
-    anchors.push({ role: `allowed_signers of ${name}`, path: signers.allowedSigners });
-    if (signers.revokedKeys !== null)
-      anchors.push({ role: `revoked_keys of ${name}`, path: signers.revokedKeys });
-  }
-  if (anchors.length === 0) return;
-  if (config.configPath !== null) anchors.push({ role: 'config file', path: config.configPath });
-  await assertTrustAnchors(anchors, { transport });
-}
-
 interface Target {
   readonly knex: Knex;
   readonly executor: Executor;
@@ -216,117 +110,9 @@ type LocalExecution =
   | { readonly state: 'done'; readonly result: ExecutionResult }
   | { readonly state: 'unknown' | 'not_started'; readonly error: string };
 
-/** Says at start, not at the first request, that a database cannot be reached for want of its URL. */
-function warnUnsetConnections(config: Config, env: NodeJS.ProcessEnv, log: Logger): void {
-  for (const [name, database] of Object.entries(config.databases)) {
-    if (database.client === 'pg' && !env[database.connection_env]) {
-      log.warn(
-        { database: name, variable: database.connection_env },
-        `database ${name} reads its connection string from ${database.connection_env}, which is not set: requests for it will be refused until it is`,
-      );
-    }
-  }
-}
-
 /** Backoff while the database is unreachable before an approved migration starts. */
 const DATABASE_RETRY_FIRST_MS = 1000;
 const DATABASE_RETRY_MAX_MS = 60_000;
-
-/** The trusted signers of a signed environment (allowed_signers), or null where decisions are not signed. */
-export function signersOf(config: Config, environment: string): TrustedSigners | null {
-  const settings = config.environments[environment];
-  if (settings?.allowed_signers === undefined) return null;
-  return {
-    allowedSigners: settings.allowed_signers,
-    revokedKeys: settings.revoked_keys ?? null,
-    requireUserPresence: settings.require_user_presence,
-  };
-}
-
-/** Who signed a decision, with which key: for the Outcome section and the audit trail. */
-function signatureLines(decision: Decision): string[] {
-  return decision.signatures.map(
-    (s) => `Signed (${s.role}) by ${s.principal} with ${s.key_type} key ${s.fingerprint}`,
-  );
-}
-
-/** `inner` is `outer` or below it; `outer + sep` so that /migrations-evil is not inside /migrations. */
-function isWithin(outer: string, inner: string): boolean {
-  return inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
-}
-
-/**
- * migration_file is informational (the SQL that runs is `sql`), but it is shown to reviewers, so it
- * must name a file inside the configured migrations directory: relative, no "..", and, if it exists,
- * not a symlink leading out.
- */
-async function validateMigrationFile(file: string | undefined, config: Config): Promise<string | null> {
-  if (file === undefined) return null;
-  const shown = file.replaceAll('\0', '\\0');
-  const normalised = file.replaceAll('\\', '/');
-  const refuse = (why: string) =>
-    new GateError('MIGRATION_FILE_INVALID', `migration_file "${shown}" ${why}. Nothing was written.`);
-  if ([...file].some((c) => c.charCodeAt(0) < 0x20)) throw refuse('contains control characters');
-  if (path.isAbsolute(file) || /^[A-Za-z]:/.test(file) || normalised.startsWith('/'))
-    throw refuse('must be a relative path');
-  if (normalised.split('/').some((segment) => segment === '..')) throw refuse('must not contain ".."');
-  const resolved = path.resolve(config.baseDir, normalised);
-  if (!isWithin(config.migrationsDir, resolved)) {
-    throw refuse(
-      `must lie inside the migrations directory ${path.relative(config.baseDir, config.migrationsDir) || '.'}`,
-    );
-  }
-  const real = await realpath(resolved).catch(() => null);
-  const realRoot = await realpath(config.migrationsDir).catch(() => config.migrationsDir);
-  if (real !== null && !isWithin(realRoot, real))
-    throw refuse('is a link leading outside the migrations directory');
-  return normalised;
-}
-
-/**
- * One sentence on what an execution did to the database, for the file and the agent. `findings`
- * tell which statements may have had effects no rollback undoes (COPY … PROGRAM, dblink, …), so a
- * rolled-back failure never claims that nothing happened when something may have.
- */
-export function summariseResult(result: ExecutionResult, findings: readonly RiskFinding[] = []): string {
-  const reached = result.error?.statement ?? Number.POSITIVE_INFINITY;
-  const escaped = [
-    ...new Set(
-      findings
-        .filter((f) => escapesTransaction(f) && f.statement !== null && f.statement <= reached)
-        .map((f) => `${f.statement} (${RISK_TITLES[f.code]})`),
-    ),
-  ];
-  const outside =
-    escaped.length > 0
-      ? ` But statement${escaped.length === 1 ? '' : 's'} ${escaped.join(', ')} ran and may have had effects outside the transaction that no rollback undoes.`
-      : '';
-  const applied = result.statements.map((s) => s.statement).join(', ');
-  switch (result.state) {
-    case 'succeeded':
-      return result.transactional
-        ? `Succeeded in ${result.duration_ms} ms; committed.`
-        : `Succeeded in ${result.duration_ms} ms; each statement committed on its own.`;
-    case 'rolled_back': {
-      const rehearsal = result.rollback_rehearsal;
-      const rollback =
-        rehearsal?.state === 'succeeded'
-          ? ' The rollback SQL, run after it, also succeeded.'
-          : rehearsal?.state === 'failed'
-            ? ` The rollback SQL FAILED at statement ${rehearsal.error?.statement ?? '?'}, line ${rehearsal.error?.line ?? '?'}: ${rehearsal.error?.message ?? ''}.`
-            : rehearsal?.state === 'not_provided'
-              ? ' No rollback SQL was provided to rehearse.'
-              : '';
-      return `Dry run: every statement succeeded in ${result.duration_ms} ms and was rolled back; nothing changed.${rollback}${outside}`;
-    }
-    case 'failed':
-      return result.transactional
-        ? `Failed; the transaction was rolled back${outside ? '.' : ' and nothing changed.'}${outside}`
-        : `Failed at statement ${result.error?.statement ?? '?'}, outside a transaction: ${applied ? `statements ${applied} took effect and stay applied` : 'no statement took effect'}.`;
-    case 'unknown':
-      return `Outcome UNKNOWN. ${result.error?.message ?? ''}${applied ? ` Statements ${applied} took effect.` : ''}`;
-  }
-}
 
 /**
  * The whole pipeline: request → approval store → gate → executor → result. The MCP
@@ -1198,24 +984,7 @@ export class Pipeline {
       detail: `${result.state} in ${result.duration_ms} ms by ${result.executed_by}${result.error ? `: ${result.error.message}` : ''}`,
     });
     const summary = summariseResult(result, findings);
-    const details = [
-      ...result.statements.map(
-        (s) =>
-          `Statement ${s.statement} (${s.kind}): ok${s.rows_affected !== null ? `, ${s.rows_affected} rows` : ''}`,
-      ),
-      ...(result.error
-        ? [
-            `Error in statement ${result.error.statement} at line ${result.error.line}${result.error.column !== null ? `, column ${result.error.column}` : ''}: ${result.error.message}${result.error.sqlstate ? ` (SQLSTATE ${result.error.sqlstate})` : ''}`,
-          ]
-        : []),
-      ...(result.backup
-        ? [
-            `Backup (${result.backup.method}) of ${result.backup.tables.join(', ') || 'no existing table'}: ${result.backup.location || 'nothing to copy'}`,
-          ]
-        : []),
-      ...signatureLines(decision),
-      `Executed by ${result.executed_by}`,
-    ];
+    const details = executionDetails(result, decision);
     await this.#writeToFile(
       id,
       {

@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { GateError, describeError } from '../errors.js';
 import { ExecutionResult } from '../migration/result.js';
 import { RiskFinding } from '../migration/risks.js';
-import { summariseResult, type ApprovalStatus } from '../pipeline.js';
+import type { ApprovalStatus } from '../pipeline.js';
+import { summariseResult } from '../service/result-wording.js';
 
 /** The one structured result every tool returns, so an agent handles a single shape. */
 export const ToolOutcome = z.object({

@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { Config } from '../../config.js';
 import type { Pipeline } from '../../pipeline.js';
-import { MigrationRequestInput } from '../../pipeline.js';
+import { MigrationRequestInput } from '../../service/request-input.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 import { waitBounded } from '../wait.js';
 
