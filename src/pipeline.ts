@@ -586,6 +586,18 @@ export class Pipeline {
       const execution = local.state === 'unknown' ? 'unknown' : 'failed';
       return { ...base, execution, result: null, executionError: local.error, final: true };
     }
+    if (local?.state === 'running') {
+      // This process runs it: it knows it is running, and asking the ledger would wait behind the job
+      // (PGlite has a single connection, which the migration holds).
+      return {
+        ...base,
+        execution: 'running',
+        result: null,
+        executionError: null,
+        progress: local.note ?? null,
+        final: false,
+      };
+    }
     let lookupError: string | null = null;
     try {
       const recorded = await this.#target(request.command.database).executor.lookup(id, request.request_hash);
@@ -601,7 +613,7 @@ export class Pipeline {
     }
     // No ledger row: an outcome recorded in the state directory (nothing was sent, or unknown) is
     // final; it outlives the process that saw it.
-    const stored = local?.state === 'running' ? null : await this.#store.readOutcome(id);
+    const stored = await this.#store.readOutcome(id);
     if (stored) {
       return {
         ...base,
@@ -617,7 +629,7 @@ export class Pipeline {
       result: null,
       executionError: lookupError,
       ...(lookupError !== null ? { ledger: 'unreachable' as const } : {}),
-      progress: local?.state === 'running' ? (local.note ?? null) : null,
+      progress: null,
       final: false,
     };
   }
@@ -695,7 +707,9 @@ export class Pipeline {
         { approval_id: id, status: decision.status },
         'resuming a decided request whose outcome was not written',
       );
-      void this.#onDecision(request, decision);
+      this.#onDecision(request, decision).catch((error: unknown) =>
+        this.#log.error({ approval_id: id, err: describeError(error) }, 'resuming a decided request failed'),
+      );
     }
   }
 
