@@ -938,6 +938,8 @@ export class Pipeline {
             'SESSION_NOT_CLEAN',
             'RECORD_TAMPERED',
             'DECISION_NOT_BOUND',
+            'EXECUTION_NOT_COMMITTED',
+            'DATABASE_UNREACHABLE',
           ].includes(error.code)) ||
         (error instanceof GateError && error.code.startsWith('SIGNATURE_'));
       const message = describeError(error);
@@ -966,7 +968,7 @@ export class Pipeline {
         {
           decision,
           summary: certain
-            ? 'Not executed: nothing was sent to the database (see the error below).'
+            ? 'Not executed: nothing changed in the database (see the error below).'
             : `Outcome UNKNOWN: the connection failed during execution. Check ${this.config.ledger_schema}.ledger for ${id} before doing anything else.`,
           details: [`Error: ${message}`],
         },

@@ -499,14 +499,30 @@ export class Executor {
     attempt: { attempt: number; final: boolean; baseline: WatchedSettings },
   ): Promise<ExecutionRun> {
     await session.query('begin');
+    let run: ExecutionRun;
     try {
-      const run = await this.#transactionBody(session, job, attempt);
-      await session.query('commit');
-      return run;
+      run = await this.#transactionBody(session, job, attempt);
     } catch (error) {
       await session.query('rollback').catch(() => undefined);
-      throw error;
+      if (
+        error instanceof GateError ||
+        error instanceof RetryableLockFailure ||
+        error instanceof LedgerWriteFailure
+      )
+        throw error;
+      // The connection failed before COMMIT was sent: Postgres rolls the transaction back, so this is
+      // certain, not unknown: nothing changed.
+      throw new GateError(
+        'EXECUTION_NOT_COMMITTED',
+        `The connection failed before the migration committed (${describeError(error)}); Postgres rolled ` +
+          'the transaction back, so nothing changed.',
+        { cause: error, context: { approvalId: job.approvalId } },
+      );
     }
+    // Only a failure of COMMIT itself leaves the outcome unknown (it may have committed): that error
+    // goes on as it is, and the ledger, which commits with the migration, tells.
+    await session.query('commit');
+    return run;
   }
 
   async #transactionBody(

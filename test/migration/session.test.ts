@@ -215,3 +215,15 @@ describe('the settings guard, as a pure rule', () => {
     expect(settingsBreach(base, base, { timeoutsMayChange: false })).toBeNull();
   });
 });
+
+describe('what the executor knows about how far it got', () => {
+  it('a connection lost before COMMIT is certain: nothing changed, not "unknown"', async () => {
+    const probe = uniqueName('lost');
+    const analysed = await job(
+      `CREATE TABLE ${probe} (x int); SELECT pg_terminate_backend(pg_backend_pid())`,
+    );
+    await expect(executor.run(analysed)).rejects.toMatchObject({ code: 'EXECUTION_NOT_COMMITTED' });
+    expect(await tableExists(probe)).toBe(false);
+    expect(await executor.lookup(analysed.approvalId, analysed.requestHash)).toBeNull();
+  });
+});
