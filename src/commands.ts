@@ -1,4 +1,5 @@
 import { styleText } from 'node:util';
+import { diffLines } from 'diff';
 import { decideInFile, secondApprovalInFile, type SaveStyle } from './approvals/human-edit.js';
 import { canonicalMessage, signMessage } from './approvals/signature.js';
 import { fencedBlockUnder, findTampering } from './approvals/tamper.js';
@@ -83,34 +84,12 @@ export async function listCommand(
   return EXIT.ok;
 }
 
-/** Lines of `before` and `after` marked -, + or space: a small LCS diff for a few dozen lines. */
+/** A line diff (`- ` removed, `+ ` added, `  ` kept), removed lines before added ones, by jsdiff. */
 export function lineDiff(before: string, after: string): string {
-  const a = before.split('\n');
-  const b = after.split('\n');
-  const width = b.length + 1;
-  // lcs[i * width + j]: length of the longest common subsequence of a[i..] and b[j..].
-  const lcs = new Array<number>((a.length + 1) * width).fill(0);
-  const at = (i: number, j: number) => lcs[i * width + j] ?? 0;
-  for (let i = a.length - 1; i >= 0; i -= 1) {
-    for (let j = b.length - 1; j >= 0; j -= 1) {
-      lcs[i * width + j] = a[i] === b[j] ? at(i + 1, j + 1) + 1 : Math.max(at(i + 1, j), at(i, j + 1));
-    }
-  }
   const out: string[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    if (i < a.length && j < b.length && a[i] === b[j]) {
-      out.push(`  ${a[i]}`);
-      i += 1;
-      j += 1;
-    } else if (i < a.length && (j >= b.length || at(i + 1, j) >= at(i, j + 1))) {
-      out.push(`- ${a[i]}`);
-      i += 1;
-    } else {
-      out.push(`+ ${b[j]}`);
-      j += 1;
-    }
+  for (const part of diffLines(`${before}\n`, `${after}\n`)) {
+    const prefix = part.added ? '+ ' : part.removed ? '- ' : '  ';
+    for (const line of part.value.replace(/\n$/, '').split('\n')) out.push(`${prefix}${line}`);
   }
   return out.join('\n');
 }

@@ -1,3 +1,4 @@
+import { splitFrontMatter } from './frontmatter.js';
 import { plainText } from './markdown.js';
 import type { Decision } from './request.js';
 import { onlySectionUnder, parseBlocks } from './sections.js';
@@ -9,8 +10,6 @@ import { onlySectionUnder, parseBlocks } from './sections.js';
  */
 
 const DECISION_HEADING = 'Approval Decision';
-
-const FRONT_MATTER = /^\uFEFF?---[ \t]*(?:\r\n|\r|\n)(?:[\s\S]*?(?:\r\n|\r|\n))?---[ \t]*(?:\r\n|\r|\n|$)/;
 
 /** Splits on every line break the gate's reader normalises (`\r\n`, `\r`, `\n`), keeping them. */
 const LINE_BREAK = /(\r\n|\r|\n)/;
@@ -31,7 +30,7 @@ function displayLines(decision: Decision): ReadonlyMap<string, string> {
  * the Comments line, every other line and every line ending stay byte for byte.
  */
 export function showDecisionInBody(fileText: string, decision: Decision): string {
-  const frontMatter = FRONT_MATTER.exec(fileText)?.[0];
+  const frontMatter = splitFrontMatter(fileText)?.block;
   if (frontMatter === undefined) return fileText;
   // Alternating line, line break, line, …: line n of the body is parts[2n].
   const parts = fileText.slice(frontMatter.length).split(LINE_BREAK);

@@ -53,6 +53,19 @@ export function parseYamlData(text: string): Record<string, unknown> {
   return data as Record<string, unknown>;
 }
 
+const FRONT_MATTER = /^\uFEFF?---[ \t]*(?:\r\n|\r|\n)((?:[\s\S]*?(?:\r\n|\r|\n))?)---[ \t]*(?:\r\n|\r|\n|$)/;
+
+/**
+ * The front-matter block at the start of `text` as written (an optional BOM, `---` lines, any line
+ * ending), its YAML, and the rest; null when the text has none. The one place that finds the block for
+ * the server's own edits; reading a decision goes through gray-matter (parseApprovalText).
+ */
+export function splitFrontMatter(text: string): { block: string; yaml: string; body: string } | null {
+  const match = FRONT_MATTER.exec(text);
+  if (!match) return null;
+  return { block: match[0], yaml: match[1] ?? '', body: text.slice(match[0].length) };
+}
+
 /** Strips a UTF-8 BOM and normalises CRLF/CR so files from any editor read the same. */
 export function normaliseText(text: string): string {
   return text.replace(/^\uFEFF/, '').replace(/\r\n?/g, '\n');
@@ -117,9 +130,9 @@ export type FrontMatterValue = string | number | boolean | null | undefined;
  */
 export function updateFrontMatter(raw: string, fields: Readonly<Record<string, FrontMatterValue>>): string {
   const text = normaliseText(raw);
-  const match = /^---[ \t]*\n([\s\S]*?\n)?---[ \t]*(\n|$)/.exec(text);
-  if (!match) throw new GateError('FRONT_MATTER_MISSING', 'The file has no front matter to update.');
-  const document = parseDocument(match[1] ?? '', { schema: 'core', uniqueKeys: true });
+  const split = splitFrontMatter(text);
+  if (!split) throw new GateError('FRONT_MATTER_MISSING', 'The file has no front matter to update.');
+  const document = parseDocument(split.yaml, { schema: 'core', uniqueKeys: true });
   if (document.errors.length > 0 || (document.contents !== null && !isMap(document.contents))) {
     throw new GateError(
       'FRONT_MATTER_YAML',
@@ -150,5 +163,5 @@ export function updateFrontMatter(raw: string, fields: Readonly<Record<string, F
   // Untouched files stay byte-for-byte as the human saved them (and cause no watcher events).
   if (!changed) return raw;
   const yamlText = document.toString(STRING_STYLE);
-  return `---\n${yamlText}---\n${text.slice(match[0].length)}`;
+  return `---\n${yamlText}---\n${split.body}`;
 }

@@ -1,5 +1,6 @@
 import MarkdownIt from 'markdown-it';
 import type { Token } from 'markdown-it';
+import { splitFrontMatter } from './frontmatter.js';
 
 /**
  * The approval file's sections as a Markdown preview shows them: CommonMark with raw HTML recognised,
@@ -69,6 +70,6 @@ export function paragraphLinesUnder(body: string, heading: string): string[] | n
  * server skip writing the outcome, or skip resuming an approved request after a restart.
  */
 export function hasOutcomeMarker(text: string, marker: string): boolean {
-  const body = text.replace(/^---\r?\n[\s\S]*?\r?\n---[ \t]*\r?\n/, '');
+  const body = splitFrontMatter(text)?.body ?? text;
   return parseBlocks(body).some((token) => token.type === 'html_block' && token.content.trim() === marker);
 }
