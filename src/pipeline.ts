@@ -474,7 +474,7 @@ export class Pipeline {
     }
   }
 
-  /** A line per request, from the state directory and the files only (no database round trip). */
+  /** A line per request: the state directory, the files for display, and the ledger for executions. */
   async list(filter: { status?: ApprovalSummary['status'] } = {}): Promise<ApprovalSummary[]> {
     const summaries: ApprovalSummary[] = [];
     for (const id of await this.#store.listRequestIds()) {
@@ -483,10 +483,19 @@ export class Pipeline {
       const { request, decision } = state;
       const file = await this.#store.readApprovalFile(id);
       const data = file.kind === 'ok' ? file.parsed.data : {};
+      // From the server's own model (local run, recorded outcome, the ledger), never from the file,
+      // which anyone can edit: one ledger read per approved request.
+      const execution =
+        decision?.status !== 'APPROVED'
+          ? 'not_started'
+          : await this.status(id).then(
+              (status) => (status.ledger === 'unreachable' ? 'unknown here' : status.execution),
+              () => 'unknown here',
+            );
       const summary: ApprovalSummary = {
         approval_id: id,
         status: decision?.status ?? 'PENDING',
-        execution: typeof data.execution === 'string' ? data.execution : 'not_started',
+        execution,
         title: request.title,
         environment: request.command.environment,
         database: request.command.database,

@@ -568,3 +568,20 @@ describe('change notifications', () => {
     }
   });
 });
+
+describe('list', () => {
+  it('reports executions from the server, not from the editable file', async () => {
+    const { request } = await pipeline.submit({
+      environment: 'staging',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'A pending request whose file claims success',
+      reason: 'Anyone can write execution: succeeded into the file.',
+    });
+    const file = pipeline.filePath(request.id);
+    await saveAs(file, updateFrontMatter(await readFile(file, 'utf8'), { execution: 'succeeded' }), 'rename');
+    const listed = (await pipeline.list()).find((s) => s.approval_id === request.id);
+    expect(listed?.execution).toBe('not_started');
+    await pipeline.cancel(request.id, { by: 'agent', reason: 'done' });
+  });
+});
