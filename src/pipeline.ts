@@ -134,6 +134,8 @@ export class Pipeline {
   /** Catalog facts at request time, kept for the results of this instance's own requests. */
   readonly #impact = new Map<string, readonly RelationFacts[]>();
   readonly #events = new EventEmitter();
+  /** Approved requests whose execution this process has begun (at most once each). */
+  readonly #started = new Set<string>();
   /** Attempts to reach an unreachable database, per approved request (backoff). */
   readonly #outageAttempts = new Map<string, number>();
   #closed = false;
@@ -169,6 +171,12 @@ export class Pipeline {
       recheckIntervalMs: config.gate.recheck_interval_ms,
       watchFiles: config.gate.watch_files,
       onDecision: (request, decision) => this.#onDecision(request, decision),
+      // Before the gate tells anyone: a status read then knows this process runs it, instead of
+      // asking the ledger (which on PGlite would wait behind the migration for its one connection).
+      onRecorded: (request, decision) => {
+        if (decision.status === 'APPROVED' && !this.#executions.has(request.id))
+          this.#executions.set(request.id, { state: 'running', note: 'starting' });
+      },
     });
     this.#gate.events.on('changed', (id: string) => {
       this.#changed(id);
@@ -850,7 +858,7 @@ export class Pipeline {
     this.#changed(id);
     await this.#writeToFile(id, { execution: 'not_started', execution_error: note });
     const timer = setTimeout(() => {
-      this.#executions.delete(id);
+      this.#started.delete(id);
       if (!this.#closed) void this.#execute(request, decision);
     }, delayMs);
     timer.unref();
@@ -859,7 +867,8 @@ export class Pipeline {
 
   async #execute(request: ApprovalRequest, decision: Decision): Promise<void> {
     const { id, command } = request;
-    if (this.#executions.has(id)) return;
+    if (this.#started.has(id)) return;
+    this.#started.add(id);
     this.#executions.set(id, { state: 'running' });
     this.#changed(id);
     await this.#writeToFile(id, {

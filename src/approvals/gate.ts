@@ -35,6 +35,8 @@ export interface GateOptions {
   readonly signersFor: (request: ApprovalRequest) => TrustedSigners | null;
   /** Why the environment policy lets this request run without a human, or null (the normal case). */
   readonly autoApproval: (request: ApprovalRequest) => string | null;
+  /** Called synchronously the moment this instance has recorded a decision, before anyone is told. */
+  readonly onRecorded?: (request: ApprovalRequest, decision: Decision) => void;
   /** Called once per accepted decision, in the instance that recorded it. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
 }
@@ -491,6 +493,7 @@ export class Gate {
       return;
     }
     crashPoint('after-decision-recorded');
+    this.#options.onRecorded?.(request, decision);
     log.info(
       { approval_id: request.id, status: decision.status, decided_by: decision.decided_by },
       'decision accepted',

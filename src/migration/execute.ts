@@ -215,6 +215,13 @@ async function asSessionUser<T>(session: SqlSession, work: () => Promise<T>): Pr
 
 type StatementOutcome = ExecutionResult['statements'][number];
 
+/**
+ * PGlite answers in microtasks on the main thread, so a migration of many statements would starve
+ * every timer and I/O callback (status reads, progress, other sessions) until it ended. A turn of the
+ * event loop between statements lets them run; on pg it costs microseconds.
+ */
+const letOthersRun = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 function outcomeOf(statement: AnalysedStatement, rowCount: number | null): StatementOutcome {
   return {
     statement: statement.index + 1,
@@ -574,6 +581,7 @@ export class Executor {
       }));
       if (error !== null) break;
       crashPoint('mid-migration');
+      await letOthersRun();
     }
     let rehearsal: ExecutionResult['rollback_rehearsal'] = null;
     if (job.dryRun) {
@@ -797,6 +805,7 @@ export class Executor {
         transactional: false,
       }));
       if (error !== null) break;
+      await letOthersRun();
     }
     const result: ExecutionResult = {
       state: error === null ? 'succeeded' : 'failed',
