@@ -70,3 +70,17 @@ export function loopbackDatabaseUrl(env: NodeJS.ProcessEnv = process.env): URL {
   }
   return databaseUrl;
 }
+
+/** Columns whose index is in `numeric` are right-aligned. */
+export function table(rows: readonly (readonly string[])[], numeric: ReadonlySet<number>): string[] {
+  const widths =
+    rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length))) ?? [];
+  return rows.map((row) =>
+    row
+      .map((cell, column) =>
+        numeric.has(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0),
+      )
+      .join('  ')
+      .trimEnd(),
+  );
+}

@@ -26,7 +26,7 @@ import knexFactory from 'knex';
 import pg from 'pg';
 import { analyseSql } from '../src/migration/analyse.js';
 import { ADVISORY_LOCK_NAMESPACE, Executor, advisoryLockKey } from '../src/migration/execute.js';
-import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, UsageError } from './common.js';
+import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, table, UsageError } from './common.js';
 
 /** The real server on this machine, as in the tests. */
 /** Jobs per configuration run first and not counted: connections, plans and caches warm up. */
@@ -125,20 +125,6 @@ function median(values: readonly number[]): number {
 
 const ms = (value: number) => (Number.isNaN(value) ? '-' : value.toFixed(3));
 const ratio = (value: number) => (Number.isFinite(value) ? `${value.toFixed(2)}×` : '-');
-
-/** Columns whose index is in `numeric` are right-aligned. */
-function table(rows: readonly (readonly string[])[], numeric: ReadonlySet<number>): string[] {
-  const widths =
-    rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length))) ?? [];
-  return rows.map((row) =>
-    row
-      .map((cell, column) =>
-        numeric.has(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0),
-      )
-      .join('  ')
-      .trimEnd(),
-  );
-}
 
 /** 1-minute load average against CPUs: a busy machine inflates every latency here. */
 function machineLoad(): string {

@@ -30,7 +30,7 @@ import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { analyseSql } from '../src/migration/analyse.js';
 import { Executor } from '../src/migration/execute.js';
-import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, sleep } from './common.js';
+import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, sleep, table } from './common.js';
 
 /** The real server on this machine, as in the tests. */
 /** The issue asks for at least this many rows: below it, index builds are too short to matter. */
@@ -549,20 +549,6 @@ const latency = (valueMs: number) =>
       : `${Math.round(valueMs).toLocaleString('en-US')} ms`;
 const seconds = (valueMs: number) =>
   valueMs < 1000 ? `${Math.round(valueMs)} ms` : `${(valueMs / 1000).toFixed(2)} s`;
-
-/** Columns whose index is in `numeric` are right-aligned. */
-function table(rows: readonly (readonly string[])[], numeric: ReadonlySet<number>): string[] {
-  const widths =
-    rows[0]?.map((_, column) => Math.max(...rows.map((row) => (row[column] ?? '').length))) ?? [];
-  return rows.map((row) =>
-    row
-      .map((cell, column) =>
-        numeric.has(column) ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0),
-      )
-      .join('  ')
-      .trimEnd(),
-  );
-}
 
 /**
  * Where our writer max comes from. Every attempt's ALTER waits up to lock_timeout in the lock queue,

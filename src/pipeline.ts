@@ -946,6 +946,7 @@ export class Pipeline {
       if (ranHere) crashPoint('after-commit');
     } catch (error) {
       if (await this.#waitForDatabase(request, decision, error)) return;
+      this.#outageAttempts.delete(id);
       const certain =
         (error instanceof GateError &&
           [
@@ -994,6 +995,7 @@ export class Pipeline {
       return;
     }
     this.#executions.set(id, { state: 'done', result });
+    this.#outageAttempts.delete(id);
     this.#log.info(
       {
         approval_id: id,

@@ -1,13 +1,12 @@
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../src/server/launch.js';
-import { runCli } from './helpers/cli.js';
-import { startStdioServer, type StdioSession } from './helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
-import { createWorkspace, type Workspace } from './helpers/workspace.js';
+import { runCli, startLiveServer, type LiveServer } from './helpers/cli.js';
+import type { StdioSession } from './helpers/mcp.js';
+import { TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import type { Workspace } from './helpers/workspace.js';
 
 /* How the CLI treats what people type: usage errors, --version, id case, a missing config. */
 
@@ -73,27 +72,20 @@ describe('a missing config', () => {
 });
 
 describe('approval ids in any case', () => {
-  let knex: Knex;
   let workspace: Workspace;
   let server: StdioSession;
   const table = uniqueName('cli_usage');
   const ledgerSchema = uniqueName('gate_cli_usage');
 
+  let live: LiveServer | undefined;
+
   beforeAll(async () => {
-    knex = await connectTestDatabase();
-    await knex.schema.createTable(table, (t) => t.increments('id'));
-    workspace = await createWorkspace({
-      ledger_schema: ledgerSchema,
-      wait: { max_wait_seconds: 0.2, progress_interval_seconds: 0.1 },
-    });
-    server = await startStdioServer(workspace.configPath, env);
+    live = await startLiveServer(table, ledgerSchema);
+    ({ workspace, server } = live);
   });
 
   afterAll(async () => {
-    await server?.close();
-    await knex?.schema.dropTableIfExists(table);
-    await knex?.raw('drop schema if exists ?? cascade', [ledgerSchema]);
-    await knex?.destroy();
+    await live?.close();
   });
 
   it('shows and rejects a request named by its id in lower case', async () => {

@@ -1,9 +1,9 @@
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from './helpers/cli.js';
-import { startStdioServer, type StdioSession } from './helpers/mcp.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
-import { createWorkspace, type Workspace } from './helpers/workspace.js';
+import { runCli, startLiveServer, type LiveServer } from './helpers/cli.js';
+import type { StdioSession } from './helpers/mcp.js';
+import { columnsOf, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import type { Workspace } from './helpers/workspace.js';
 
 /* The approvers' CLI against a live server: the gate treats its edits exactly like hand edits. */
 
@@ -28,21 +28,15 @@ async function pending(column: string): Promise<string> {
   return outcome.approval_id ?? '';
 }
 
+let live: LiveServer | undefined;
+
 beforeAll(async () => {
-  knex = await connectTestDatabase();
-  await knex.schema.createTable(table, (t) => t.increments('id'));
-  workspace = await createWorkspace({
-    ledger_schema: ledgerSchema,
-    wait: { max_wait_seconds: 0.2, progress_interval_seconds: 0.1 },
-  });
-  server = await startStdioServer(workspace.configPath, env);
+  live = await startLiveServer(table, ledgerSchema);
+  ({ knex, workspace, server } = live);
 });
 
 afterAll(async () => {
-  await server?.close();
-  await knex.schema.dropTableIfExists(table);
-  await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
-  await knex.destroy();
+  await live?.close();
 });
 
 describe('approvals CLI', () => {

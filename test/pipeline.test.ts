@@ -80,20 +80,28 @@ describe('security: migration_file stays inside the migrations directory', () =>
 });
 
 describe('rollback on request', () => {
+  /** A request that added a column and recorded the SQL that drops it, approved and executed. */
+  async function executedWithRollback(table: string) {
+    const { request } = await pipeline.submit({
+      environment: 'staging',
+      database: 'main_db',
+      sql: `ALTER TABLE ${table} ADD COLUMN tier text`,
+      rollback_sql: `ALTER TABLE ${table} DROP COLUMN tier`,
+      title: 'Add tier',
+      reason: 'A change we will roll back.',
+    });
+    await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+    expect((await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 })).execution).toBe(
+      'succeeded',
+    );
+    return request;
+  }
+
   it('two concurrent rollback requests of one execution make exactly one new request', async () => {
     const table = uniqueName('rollback_race');
     await knex.schema.createTable(table, (t) => t.increments('id'));
     try {
-      const { request } = await pipeline.submit({
-        environment: 'staging',
-        database: 'main_db',
-        sql: `ALTER TABLE ${table} ADD COLUMN tier text`,
-        rollback_sql: `ALTER TABLE ${table} DROP COLUMN tier`,
-        title: 'Add tier',
-        reason: 'A change two people want rolled back at once.',
-      });
-      await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
-      await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 });
+      const request = await executedWithRollback(table);
       const asks = await Promise.allSettled(
         ['Sam Okafor', 'Lee Park', 'Ana Ruiz'].map((requestedBy) =>
           pipeline.requestRollback(request.id, { requestedBy, reason: 'Roll it back.' }),
@@ -114,18 +122,7 @@ describe('rollback on request', () => {
     const table = uniqueName('rollback');
     await knex.schema.createTable(table, (t) => t.increments('id'));
     try {
-      const { request } = await pipeline.submit({
-        environment: 'staging',
-        database: 'main_db',
-        sql: `ALTER TABLE ${table} ADD COLUMN tier text`,
-        rollback_sql: `ALTER TABLE ${table} DROP COLUMN tier`,
-        title: 'Add tier',
-        reason: 'A change we will roll back.',
-      });
-      await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
-      expect((await pipeline.waitForFinal(request.id, { timeoutMs: 10_000, tickMs: 100 })).execution).toBe(
-        'succeeded',
-      );
+      const request = await executedWithRollback(table);
       expect(await columnsOf(knex, table)).toContain('tier');
 
       const { request: rollback } = await pipeline.requestRollback(request.id, {

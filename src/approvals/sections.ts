@@ -13,8 +13,15 @@ const markdown = new MarkdownIt('commonmark', { html: true }).enable('table');
 
 export type HeadingTag = 'h1' | 'h2' | 'h3';
 
-export function parseBlocks(body: string): Token[] {
-  return markdown.parse(body, {});
+/**
+ * The block tokens of `body`. One evaluation of a save reads the same body several times (tamper
+ * check, Status line, Comments line): the last body's tokens are kept, so it is parsed once.
+ */
+let lastParsed: { readonly body: string; readonly tokens: readonly Token[] } | null = null;
+
+export function parseBlocks(body: string): readonly Token[] {
+  if (lastParsed?.body !== body) lastParsed = { body, tokens: markdown.parse(body, {}) };
+  return lastParsed.tokens;
 }
 
 const isSectionBreak = (token: Token) =>
