@@ -26,11 +26,17 @@ import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision, hashCommand } from './r
  * decision stands" hold across processes.
  */
 
-/** An execution's end that no ledger row records. */
+/**
+ * How an approved request's execution ended, recorded by the runner for every end. With `in_ledger`
+ * the ledger row (committed with the migration) is the result and this only says it is final;
+ * without it no ledger row exists: `failed` means nothing was sent, `unknown` that something may have
+ * run.
+ */
 export const StoredOutcome = z
   .object({
-    execution: z.enum(['failed', 'unknown']),
-    error: z.string(),
+    execution: z.enum(['succeeded', 'failed', 'rolled_back', 'unknown']),
+    in_ledger: z.boolean().default(false),
+    error: z.string().nullable(),
     at: z.string(),
   })
   .strict();
@@ -251,10 +257,10 @@ export class ApprovalStore {
   }
 
   /**
-   * Records how an execution ended when the ledger does not say it (nothing was sent, or the
-   * connection failed mid-way): the first record stands, so a restart finds a final answer.
+   * Records that an execution ended, and how when the ledger does not say it (nothing was sent, or
+   * the connection failed mid-way): the first record stands, so a restart finds a final answer.
    */
-  async recordOutcome(id: string, outcome: StoredOutcome): Promise<void> {
+  async recordOutcome(id: string, outcome: z.input<typeof StoredOutcome>): Promise<void> {
     this.filePath(id);
     await mkdir(this.#outcomes, { recursive: true, mode: 0o700 });
     await createExclusive(path.join(this.#outcomes, `${id}.json`), `${JSON.stringify(outcome)}\n`, 0o600);

@@ -75,3 +75,49 @@ export function signatureLines(decision: Decision): string[] {
     (s) => `Signed (${s.role}) by ${s.principal} with ${s.key_type} key ${s.fingerprint}`,
   );
 }
+
+/** What the file says of a decision that runs nothing: its front matter fields and Outcome section. */
+export function unexecutedOutcome(decision: Decision): {
+  readonly fields: Record<string, string | undefined>;
+  readonly summary: string;
+  readonly details: string[];
+} {
+  const notRun = { execution: 'not_started' };
+  switch (decision.status) {
+    case 'APPROVED':
+      throw new Error('An approved decision is executed, not settled as unexecuted.');
+    case 'REJECTED':
+      return {
+        fields: { ...notRun, gate_error: undefined },
+        summary: 'Rejected; nothing was executed.',
+        details: [`Reason: ${decision.reason ?? ''}`, ...signatureLines(decision)],
+      };
+    case 'EXPIRED':
+      return {
+        fields: { ...notRun, status: 'EXPIRED', gate_error: undefined },
+        summary: 'Expired without a valid decision; nothing was executed.',
+        details: [],
+      };
+    case 'VOID':
+      return {
+        fields: { ...notRun, status: 'VOID', gate_error: decision.reason ?? 'void' },
+        summary:
+          'VOID: the approval did not match what would run; nothing was executed, and this request can never run.',
+        details: [decision.reason ?? ''],
+      };
+    case 'CANCELLED':
+      // The file is gone; if it comes back, it says so.
+      return {
+        fields: { ...notRun, status: 'CANCELLED' },
+        summary: 'Cancelled; nothing was executed.',
+        details: [decision.reason ?? ''],
+      };
+  }
+}
+
+/** The Outcome summary when execution ended without a ledger row: nothing was sent, or it is unknown. */
+export function unrecordedSummary(sent: 'nothing' | 'maybe', ledgerSchema: string, id: string): string {
+  return sent === 'nothing'
+    ? 'Not executed: nothing changed in the database (see the error below).'
+    : `Outcome UNKNOWN: the connection failed during execution. Check ${ledgerSchema}.ledger for ${id} before doing anything else.`;
+}

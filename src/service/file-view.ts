@@ -1,0 +1,43 @@
+import { showDecisionInBody } from '../approvals/decision-display.js';
+import { updateFrontMatter, type FrontMatterValue } from '../approvals/frontmatter.js';
+import { renderOutcomeSection, RESULT_MARKER, type OutcomeSection } from '../approvals/render.js';
+import { hasOutcomeMarker } from '../approvals/sections.js';
+import type { ApprovalStore } from '../approvals/store.js';
+import { describeError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+/**
+ * The approval file as a view of the server's model: the runner writes execution fields and the
+ * Outcome section into it. Nothing is ever read back from it as the truth about execution; a failed
+ * write is logged and costs only the view.
+ */
+export class FileView {
+  readonly #store: ApprovalStore;
+  readonly #log: Logger;
+
+  constructor(store: ApprovalStore, log: Logger) {
+    this.#store = store;
+    this.#log = log;
+  }
+
+  /** Sets front matter `fields` and, with `outcome`, shows the decision and appends the Outcome once. */
+  async write(id: string, fields: Record<string, FrontMatterValue>, outcome?: OutcomeSection): Promise<void> {
+    try {
+      const written = await this.#store.updateApprovalFile(id, (text) => {
+        const updated = updateFrontMatter(text, fields);
+        if (outcome === undefined) return updated;
+        const shown = showDecisionInBody(updated, outcome.decision);
+        return hasOutcomeMarker(shown, RESULT_MARKER)
+          ? shown
+          : `${shown.replace(/\n*$/, '\n')}${renderOutcomeSection(outcome)}`;
+      });
+      if (!written)
+        this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
+    } catch (error) {
+      this.#log.error(
+        { approval_id: id, err: describeError(error) },
+        'could not write the outcome into the approval file',
+      );
+    }
+  }
+}
