@@ -505,7 +505,9 @@ export class Gate {
       VOID: 'voided',
       CANCELLED: 'cancelled',
     } as const;
-    await audit.append({
+    // The decision is recorded: a trail that cannot be written must not keep it from being handed on
+    // (the runner refuses to run what the trail cannot tell, and says so).
+    const trail = audit.append({
       approval_id: request.id,
       event: events[decision.status],
       actor: decision.decided_by ?? 'server',
@@ -519,6 +521,9 @@ export class Gate {
           }
         : {}),
     });
+    await trail.catch((error: unknown) =>
+      log.error({ approval_id: request.id, err: describeError(error) }, 'audit log not written'),
+    );
     this.events.emit('changed', request.id);
     await onDecision(request, decision);
   }
