@@ -7,7 +7,7 @@
  *
  *   raw         BEGIN; the K statements; COMMIT — on one plain pg.Client, simple protocol
  *   raw+ledger  the same plus pg_advisory_xact_lock and one INSERT into a ledger-shaped table
- *   executor    Executor.run(job) on a knex pool: DISCARD ALL before and after, lexer settings set
+ *   executor    Executor.run(job) on the gate's pg.Pool: DISCARD ALL before and after, lexer settings set
  *               and checked, the watched settings read after every statement, savepoint, ledger
  *
  *   npm run bench:jobs
@@ -22,8 +22,8 @@ import { randomBytes } from 'node:crypto';
 import { availableParallelism, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import knexFactory from 'knex';
 import pg from 'pg';
+import { openPgDatabase } from '../src/db/index.js';
 import { analyseSql } from '../src/migration/analyse.js';
 import { ADVISORY_LOCK_NAMESPACE, Executor, advisoryLockKey } from '../src/migration/execute.js';
 import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, table, UsageError } from './common.js';
@@ -62,7 +62,7 @@ function readOptions(): Options {
 }
 
 /**
- * Counts the queries every pg.Client sends (knex's pool connections use the same class), so the
+ * Counts the queries every pg.Client sends (the executor's pool connections use the same class), so the
  * report can show how many round trips a job costs in each configuration. One increment per query.
  */
 let queriesSent = 0;
@@ -152,11 +152,7 @@ async function main(): Promise<number> {
   const url = options.databaseUrl;
   const appName = `bench_jobs_${runId}`;
 
-  const knex = knexFactory({
-    client: 'pg',
-    connection: { connectionString: url.href, application_name: appName },
-    pool: { min: 0, max: 4 },
-  });
+  const database = openPgDatabase('bench', url.href, { applicationName: appName });
   const raw = new pg.Client({ connectionString: url.href, application_name: `${appName}_raw` });
   const restoreQuery = countQueries();
   let created = false;
@@ -191,7 +187,11 @@ async function main(): Promise<number> {
     if (statements.length !== options.statements) {
       throw new Error(`analyseSql found ${statements.length} statements, not ${options.statements}.`);
     }
-    const executor = new Executor(knex, { ledgerSchema, lockTimeoutMs: 2000, statementTimeoutMs: 60_000 });
+    const executor = new Executor(database, {
+      ledgerSchema,
+      lockTimeoutMs: 2000,
+      statementTimeoutMs: 60_000,
+    });
     // One-time creation of the ledger tables: the server does it at start, not per job.
     await executor.prepare();
 
@@ -365,15 +365,21 @@ async function main(): Promise<number> {
       await raw.query('rollback').catch(() => undefined);
       await raw.query(drop).catch(async () => {
         // The raw connection may be what failed: try once more on the pool.
-        await knex.raw(drop).catch(() => {
-          process.stderr.write(
-            `job-isolation: cleanup failed; drop schemas ${schema}, ${ledgerSchema} by hand\n`,
-          );
-        });
+        // One statement per query there: the gate's sessions use the extended protocol.
+        await database
+          .withClient(async (session) => {
+            await session.query(`drop schema if exists "${schema}" cascade`);
+            await session.query(`drop schema if exists "${ledgerSchema}" cascade`);
+          })
+          .catch(() => {
+            process.stderr.write(
+              `job-isolation: cleanup failed; drop schemas ${schema}, ${ledgerSchema} by hand\n`,
+            );
+          });
       });
     }
     await raw.end().catch(() => undefined);
-    await knex.destroy();
+    await database.close();
   }
 }
 

@@ -28,6 +28,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
+import { openPgDatabase } from '../src/db/index.js';
 import { analyseSql } from '../src/migration/analyse.js';
 import { Executor } from '../src/migration/execute.js';
 import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, sleep, table } from './common.js';
@@ -657,6 +658,8 @@ async function main(): Promise<number> {
     connection: { connectionString: url.href, application_name: appName('admin') },
     pool: { min: 0, max: 4 },
   });
+  // The executor's own pool, named like every session of this run, so an emergency stop ends it too.
+  const database = openPgDatabase('bench', url.href, { applicationName: appName('executor') });
   const dir = await mkdtemp(path.join(tmpdir(), 'approval-gate-locks-'));
   cleanupNames = { ledgerSchema, keepTable: options.keepTable, url, dir };
   try {
@@ -673,7 +676,7 @@ async function main(): Promise<number> {
     say(`Clients: ${PSQL}, ${PGBENCH}; ${machineLoad()}`);
     say(`Setup: ${await ensureTable(knex, options.rows)}`);
 
-    const executor = new Executor(knex, {
+    const executor = new Executor(database, {
       ledgerSchema,
       lockTimeoutMs: LOCK_TIMEOUT_MS,
       statementTimeoutMs: 600_000,
@@ -879,6 +882,7 @@ async function main(): Promise<number> {
     for (const client of readers) await client.end().catch(() => undefined);
     await knex.raw(`drop schema if exists "${ledgerSchema}" cascade`).catch(() => undefined);
     if (!options.keepTable) await knex.raw(`drop schema if exists ${SCHEMA} cascade`).catch(() => undefined);
+    await database.close();
     await knex.destroy();
     await rm(dir, { recursive: true, force: true });
   }

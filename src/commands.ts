@@ -11,7 +11,6 @@ import { Pipeline, type ApprovalStatus, type ApprovalSummary } from './pipeline.
 import { signersOf } from './service/startup.js';
 import { SERVER_NAME } from './server/index.js';
 import { parseApprovalText } from './approvals/frontmatter.js';
-import { readFile } from 'node:fs/promises';
 
 /**
  * The approvers' commands. Each is a thin shell over the pipeline (in 'client' role: it never decides
@@ -173,8 +172,8 @@ type GateAnswer =
   | { readonly kind: 'silent'; readonly file: string };
 
 /** The file's gate_error as the YAML says it (no escapes), or null; a half-saved file has none yet. */
-async function gateErrorIn(file: string): Promise<string | null> {
-  const text = await readFile(file, 'utf8').catch(() => null);
+async function gateErrorIn(pipeline: Pipeline, id: string): Promise<string | null> {
+  const text = await pipeline.fileText(id).catch(() => null);
   if (text === null) return null;
   try {
     const value = parseApprovalText(text).data.gate_error;
@@ -192,7 +191,7 @@ async function gateAnswer(pipeline: Pipeline, id: string, deadline: number): Pro
   for (;;) {
     const status = await pipeline.status(id);
     if (status.decision) return { kind: 'recorded', status };
-    const gateError = await gateErrorIn(status.file);
+    const gateError = await gateErrorIn(pipeline, id);
     if (gateError !== null) {
       // The decision may have been recorded between the two reads; a recorded decision is the answer.
       const again = await pipeline.status(id);
@@ -263,7 +262,7 @@ export async function decideCommand(
   }
   const { request } = before;
   const signed = signersOf(pipeline.config, request.command.environment) !== null;
-  const shown = parseApprovalText(await readFile(before.file, 'utf8')).data;
+  const shown = parseApprovalText(await pipeline.fileText(id)).data;
   // Two approvers: whoever approves after another person's approval is the second one.
   const asSecond =
     decision.status === 'APPROVED' &&

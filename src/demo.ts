@@ -8,7 +8,7 @@ import { stringify } from 'yaml';
 import { decideInFile } from './approvals/human-edit.js';
 import { ApprovalStore } from './approvals/store.js';
 import type { ConfigInput } from './config.js';
-import { openDatabase } from './db.js';
+import { openDatabase } from './db/index.js';
 import { stdioServerCommand } from './server/launch.js';
 import type { ToolOutcome } from './server/outcome.js';
 
@@ -38,36 +38,35 @@ const say = (line = '') => process.stdout.write(`${line}\n`);
 
 /** The demo's embedded database: a customers table of 100 rows, analysed. */
 export async function seedCustomers(dataDir: string): Promise<void> {
-  const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
+  const database = openDatabase('main_db', { client: 'pglite', path: dataDir });
   try {
-    await knex.schema.createTable('customers', (table) => {
-      table.increments('id');
-      table.text('name').notNullable();
-      table.text('email').notNullable();
+    await database.withClient(async (session) => {
+      await session.query(
+        'create table customers (id serial primary key, name text not null, email text not null)',
+      );
+      await session.query(
+        `insert into customers (name, email)
+           select 'Customer ' || n, 'customer' || n || '@example.com' from generate_series(1, 100) as n`,
+      );
+      // Statistics, so the approval file's impact table shows a row estimate.
+      await session.query('analyze customers');
     });
-    await knex('customers').insert(
-      Array.from({ length: 100 }, (_, i) => ({
-        name: `Customer ${i + 1}`,
-        email: `customer${i + 1}@example.com`,
-      })),
-    );
-    // Statistics, so the approval file's impact table shows a row estimate.
-    await knex.raw('ANALYZE customers');
   } finally {
-    await knex.destroy();
+    await database.close();
   }
 }
 
 async function describeCustomers(dataDir: string): Promise<string[]> {
-  const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
+  const database = openDatabase('main_db', { client: 'pglite', path: dataDir });
   try {
-    const columns = await knex('information_schema.columns')
-      .where({ table_name: 'customers' })
-      .orderBy('ordinal_position')
-      .pluck('column_name');
-    return columns as string[];
+    const { rows } = await database.withClient((session) =>
+      session.query(
+        `select column_name from information_schema.columns where table_name = 'customers' order by ordinal_position`,
+      ),
+    );
+    return rows.map((row) => String(row.column_name));
   } finally {
-    await knex.destroy();
+    await database.close();
   }
 }
 

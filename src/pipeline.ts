@@ -15,7 +15,7 @@ import { FileView } from './service/file-view.js';
 import { Findings } from './service/findings.js';
 import type { MigrationRequestInput } from './service/request-input.js';
 import { Requests } from './service/requests.js';
-import { Runner, sentOf } from './service/runner.js';
+import { Runner } from './service/runner.js';
 import { assertSigningReady, signersOf, warnUnsetConnections } from './service/startup.js';
 import { StatusReader, type ApprovalStatus, type ApprovalSummary } from './service/status.js';
 import { Targets } from './service/targets.js';
@@ -79,7 +79,6 @@ export class Pipeline {
       findings: this.#findings,
       view: new FileView(store, log),
       changes: this.#changes,
-      sentOf,
     });
     this.#gate = new Gate({
       store,

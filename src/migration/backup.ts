@@ -2,10 +2,10 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { link, lstat, mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import pg from 'pg';
+import type { QueryConfig } from 'pg';
 // A CommonJS module: its named export is not visible to Node's ESM loader, its default export is.
 import pgConnectionString from 'pg-connection-string';
-import type { SqlSession } from '../db.js';
+import type { SqlSession } from '../db/index.js';
 import { GateError } from '../errors.js';
 import { regclassText } from './catalog.js';
 
@@ -212,6 +212,8 @@ async function withClient<T>(
   password: string | undefined,
   work: (session: SqlSession) => Promise<T>,
 ): Promise<T> {
+  // Loaded here, not at startup: a server that never takes a pg_dump backup need not load pg for it.
+  const { default: pg } = await import('pg');
   const client = new pg.Client({
     connectionString,
     application_name: 'approval-gate',
@@ -223,10 +225,13 @@ async function withClient<T>(
     await client.connect();
     const session: SqlSession = {
       async query(text, params) {
-        const result = await client.query<Record<string, unknown>>(
+        // The extended protocol, like every session of the gate (see SqlSession).
+        const config: QueryConfig & { queryMode: 'extended' } = {
           text,
-          params === undefined ? undefined : [...params],
-        );
+          ...(params === undefined ? {} : { values: [...params] }),
+          queryMode: 'extended',
+        };
+        const result = await client.query<Record<string, unknown>>(config);
         return { rows: result.rows, rowCount: result.rowCount };
       },
     };

@@ -1,4 +1,4 @@
-import type { SqlSession } from '../db.js';
+import type { SqlSession } from '../db/index.js';
 
 /**
  * Impact facts read from the live catalog, shown to the human next to the agent's own claims

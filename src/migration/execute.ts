@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import type { Knex } from 'knex';
 import { gateMigrationSource } from '../../migrations/index.js';
-import { withSession, type SqlSession } from '../db.js';
+import { withAdvisoryLock, withTransaction, type Database, type SqlSession } from '../db/index.js';
 import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
+import { ExecutionAborted, sentByFailedCommit, type Sent } from './aborted.js';
 import { lineAndColumn, relationsOf, type AnalysedStatement } from './analyse.js';
 import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
 import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
@@ -58,6 +58,13 @@ export interface ExecutorOptions {
 
 /** Progress while running: attempts, waits for locks, retries. */
 export type ProgressListener = (note: string) => void;
+
+export { ExecutionAborted, type Sent } from './aborted.js';
+
+/** How far a run got: whether anything of the job may have reached the database yet. */
+interface Reach {
+  sent: Sent;
+}
 
 /** lock_not_available (lock_timeout) and deadlock_detected: the transaction rolled back; safe to retry. */
 const RETRYABLE_SQLSTATES = new Set(['55P03', '40P01']);
@@ -252,13 +259,13 @@ const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : S
  * next look at it (with the lock free) turns it into `unknown`, naming the statement, and never retries.
  */
 export class Executor {
-  readonly #knex: Knex;
+  readonly #database: Database;
   readonly #options: ExecutorOptions;
   readonly #instanceId: string;
   #prepared: Promise<void> | null = null;
 
-  constructor(knex: Knex, options: ExecutorOptions) {
-    this.#knex = knex;
+  constructor(database: Database, options: ExecutorOptions) {
+    this.#database = database;
     this.#options = options;
     this.#instanceId = options.instanceId ?? `${hostname()}:${process.pid}`;
   }
@@ -274,18 +281,24 @@ export class Executor {
   /** Creates or upgrades the gate's own tables (migrations/), once per process. */
   prepare(): Promise<void> {
     const schema = this.#options.ledgerSchema;
-    this.#prepared ??= this.#knex.schema
-      .createSchemaIfNotExists(schema)
+    this.#prepared ??= this.#database
+      // First contact goes through withClient: no connection at all is DATABASE_UNREACHABLE.
+      .withClient((session) => session.query(`create schema if not exists "${schema}"`))
       .then(() =>
-        this.#knex.migrate.latest({
-          migrationSource: gateMigrationSource(schema),
-          schemaName: schema,
-          tableName: 'knex_migrations',
-        }),
+        this.#database.withKnex((knex) =>
+          knex.migrate.latest({
+            migrationSource: gateMigrationSource(schema),
+            schemaName: schema,
+            tableName: 'knex_migrations',
+          }),
+        ),
       )
       .then(() => undefined)
       .catch((error: unknown) => {
         this.#prepared = null;
+        // Not the ledger's fault: the caller reports (or waits out) these as they are.
+        if (error instanceof GateError && ['DATABASE_UNREACHABLE', 'DATABASE_LOCKED'].includes(error.code))
+          throw error;
         throw new GateError(
           'LEDGER_UNAVAILABLE',
           `Cannot create the gate's ledger in schema "${schema}": ${error instanceof Error ? error.message : String(error)}`,
@@ -301,7 +314,7 @@ export class Executor {
    */
   async lookup(approvalId: string, requestHash: string): Promise<ExecutionResult | null> {
     await this.prepare();
-    return withSession(this.#knex, async (session) => {
+    return this.#database.withClient(async (session) => {
       const recorded = await this.#readLedger(session, approvalId, requestHash);
       if (recorded !== 'running') return recorded;
       // A step-by-step run holds the session lock while alive. Free lock: the run died.
@@ -421,9 +434,19 @@ export class Executor {
 
   /**
    * Runs `job` at most once. Returns the result recorded in the ledger: this run's, or an earlier
-   * one's if the approval was already executed (by this or another instance).
+   * one's if the approval was already executed (by this or another instance). Rejects only with
+   * ExecutionAborted, whose `sent` says whether anything of the job may have taken effect.
    */
   async run(job: MigrationJob, onProgress: ProgressListener = () => undefined): Promise<ExecutionRun> {
+    const reach: Reach = { sent: 'nothing' };
+    try {
+      return await this.#run(job, onProgress, reach);
+    } catch (error) {
+      throw ExecutionAborted.of(error, reach.sent, job.approvalId);
+    }
+  }
+
+  async #run(job: MigrationJob, onProgress: ProgressListener, reach: Reach): Promise<ExecutionRun> {
     await this.prepare();
     const transactional = job.statements.every((s) => s.transactional);
     if (!transactional && job.dryRun) {
@@ -435,15 +458,17 @@ export class Executor {
     if (!transactional) {
       // No automatic retry here: a CREATE INDEX CONCURRENTLY that failed part-way leaves an invalid index.
       onProgress('running statement by statement, outside a transaction');
-      return withJobSession(this.#knex, (session, baseline) => this.#runStepByStep(session, job, baseline));
+      return withJobSession(this.#database, (session, baseline) =>
+        this.#runStepByStep(session, job, baseline, reach),
+      );
     }
     const policy = this.#options.lockRetry ?? { retries: 0, initialDelayMs: 0, maxDelayMs: 0 };
     const attempts = policy.retries + 1;
     for (let attempt = 1; ; attempt += 1) {
       onProgress(attempt === 1 ? 'running in one transaction' : `attempt ${attempt} of ${attempts}`);
       try {
-        return await withJobSession(this.#knex, (session, baseline) =>
-          this.#runInTransaction(session, job, { attempt, final: attempt >= attempts, baseline }),
+        return await withJobSession(this.#database, (session, baseline) =>
+          this.#runInTransaction(session, job, { attempt, final: attempt >= attempts, baseline }, reach),
         );
       } catch (error) {
         if (error instanceof LedgerWriteFailure) return this.#recordUnrecordable(job, error);
@@ -476,21 +501,18 @@ export class Executor {
       error: { sqlstate: null, message, detail: null, hint: null, statement: null, line: null, column: null },
     };
     try {
-      return await withJobSession(this.#knex, async (session) => {
-        await session.query('begin');
-        await session.query(
-          'select pg_catalog.pg_advisory_xact_lock($1, $2)',
-          this.#lockKeys(job.approvalId),
-        );
-        const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
-        if (earlier !== null && earlier !== 'running') {
-          await session.query('rollback');
-          return { result: earlier, ranHere: false };
-        }
-        await this.#insertLedger(session, job, result, failure.attempt);
-        await session.query('commit');
-        return { result, ranHere: true };
-      });
+      return await withJobSession(this.#database, (session) =>
+        withTransaction(session, async () => {
+          await session.query(
+            'select pg_catalog.pg_advisory_xact_lock($1, $2)',
+            this.#lockKeys(job.approvalId),
+          );
+          const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
+          if (earlier !== null && earlier !== 'running') return { result: earlier, ranHere: false };
+          await this.#insertLedger(session, job, result, failure.attempt);
+          return { result, ranHere: true };
+        }),
+      );
     } catch (error) {
       throw new GateError(
         'LEDGER_WRITE_FAILED',
@@ -504,6 +526,7 @@ export class Executor {
     session: SqlSession,
     job: MigrationJob,
     attempt: { attempt: number; final: boolean; baseline: WatchedSettings },
+    reach: Reach,
   ): Promise<ExecutionRun> {
     await session.query('begin');
     let run: ExecutionRun;
@@ -526,9 +549,22 @@ export class Executor {
         { cause: error, context: { approvalId: job.approvalId } },
       );
     }
-    // Only a failure of COMMIT itself leaves the outcome unknown (it may have committed): that error
-    // goes on as it is, and the ledger, which commits with the migration, tells.
-    await session.query('commit');
+    // From here a lost answer leaves the outcome unknown: COMMIT may have been carried out.
+    reach.sent = 'maybe';
+    try {
+      await session.query('commit');
+    } catch (error) {
+      reach.sent = sentByFailedCommit(error);
+      throw new GateError(
+        reach.sent === 'nothing' ? 'EXECUTION_NOT_COMMITTED' : 'COMMIT_OUTCOME_UNKNOWN',
+        reach.sent === 'nothing'
+          ? `Postgres refused to commit the migration (${describeError(error)}) and rolled it back, so nothing changed.`
+          : `The connection failed while COMMIT was on its way (${describeError(error)}): the migration may or may ` +
+              `not have committed. The ledger row commits with it: check "${this.#options.ledgerSchema}".ledger for ${job.approvalId}.`,
+        { cause: error, context: { approvalId: job.approvalId } },
+      );
+    }
+    if (run.ranHere) crashPoint('after-commit');
     return run;
   }
 
@@ -716,9 +752,9 @@ export class Executor {
     session: SqlSession,
     job: MigrationJob,
     baseline: WatchedSettings,
+    reach: Reach,
   ): Promise<ExecutionRun> {
-    await session.query('select pg_catalog.pg_advisory_lock($1, $2)', this.#lockKeys(job.approvalId));
-    try {
+    return withAdvisoryLock(session, this.#lockKeys(job.approvalId), async () => {
       crashPoint('after-advisory-lock');
       const earlier = await this.#readLedger(session, job.approvalId, job.requestHash);
       if (earlier === 'running') {
@@ -729,15 +765,16 @@ export class Executor {
         };
       }
       if (earlier) return { result: earlier, ranHere: false };
-      return { result: await this.#steps_(session, job, baseline), ranHere: true };
-    } finally {
-      await session
-        .query('select pg_catalog.pg_advisory_unlock($1, $2)', this.#lockKeys(job.approvalId))
-        .catch(() => undefined);
-    }
+      return { result: await this.#steps_(session, job, baseline, reach), ranHere: true };
+    });
   }
 
-  async #steps_(session: SqlSession, job: MigrationJob, baseline: WatchedSettings): Promise<ExecutionResult> {
+  async #steps_(
+    session: SqlSession,
+    job: MigrationJob,
+    baseline: WatchedSettings,
+    reach: Reach,
+  ): Promise<ExecutionResult> {
     const startedAt = new Date();
     const start = performance.now();
     await this.#insertLedger(session, job, {
@@ -784,6 +821,8 @@ export class Executor {
         ),
       );
       crashPoint('after-step-started');
+      // Outside a transaction, a statement sent has maybe taken effect, whatever happens next.
+      reach.sent = 'maybe';
       let rowCount: number | null;
       try {
         rowCount = (await session.query(statement.text)).rowCount;
@@ -838,6 +877,8 @@ export class Executor {
         this.#installation,
       ],
     );
+    // The step-by-step equivalent of the COMMIT: the run's final ledger update is acknowledged.
+    crashPoint('after-commit');
     return result;
   }
 }

@@ -1,5 +1,4 @@
-import type { Knex } from 'knex';
-import { withSession, type PooledSession, type SqlSession } from '../db.js';
+import type { Database, PooledSession, SqlSession } from '../db/index.js';
 import { describeError, GateError } from '../errors.js';
 
 /**
@@ -124,37 +123,14 @@ async function resetSession(session: SqlSession): Promise<WatchedSettings> {
 
 /**
  * Runs a job on a session reset before it and after it. `work` gets the session and the settings
- * it started with. A session that cannot be reset afterwards is closed, never reused.
+ * it started with. A session that cannot be reset afterwards is closed, never reused. No connection
+ * at all is DATABASE_UNREACHABLE (from `withClient`): nothing was sent.
  */
 export async function withJobSession<T>(
-  knex: Knex,
+  database: Database,
   work: (session: PooledSession, baseline: WatchedSettings) => Promise<T>,
 ): Promise<T> {
-  return withReachableSession(knex, (session) => jobOnSession(session, work));
-}
-
-/**
- * withSession, with a failure to get a connection reported as DATABASE_UNREACHABLE: no connection, so
- * nothing was sent, which callers may report as certain and try again later.
- */
-export async function withReachableSession<T>(
-  knex: Knex,
-  work: (session: PooledSession) => Promise<T>,
-): Promise<T> {
-  let connected = false;
-  try {
-    return await withSession(knex, (session) => {
-      connected = true;
-      return work(session);
-    });
-  } catch (error) {
-    if (connected) throw error;
-    throw new GateError(
-      'DATABASE_UNREACHABLE',
-      `The database could not be reached, so nothing was sent: ${describeError(error)}`,
-      { cause: error },
-    );
-  }
+  return database.withClient((session) => jobOnSession(session, work));
 }
 
 async function jobOnSession<T>(

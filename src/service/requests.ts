@@ -16,7 +16,6 @@ import type { Logger } from '../log.js';
 import { analyseSql, assertExecutable, relationsOf, type Analysis } from '../migration/analyse.js';
 import { describeRelations } from '../migration/catalog.js';
 import { assertDryRunIsDry, RISK_TITLES, type RiskFinding } from '../migration/risks.js';
-import { withReachableSession } from '../migration/session.js';
 import { formatTimestamp, wholeSeconds, type Clock } from '../time.js';
 import type { ChangeFeed } from './changes.js';
 import type { Findings } from './findings.js';
@@ -56,9 +55,25 @@ export class Requests {
     this.#o = options;
   }
 
+  /** Submits a request; a refusal is logged (code and message, never the SQL) and thrown on. */
   async submit(
     raw: MigrationRequestInput,
     origin: { readonly requestedBy?: string; readonly rollbackOf?: string } = {},
+  ): Promise<{ request: ApprovalRequest; analysis: Analysis; findings: RiskFinding[] }> {
+    try {
+      return await this.#submit(raw, origin);
+    } catch (error) {
+      this.#o.log.warn(
+        { code: error instanceof GateError ? error.code : undefined, rollback_of: origin.rollbackOf },
+        `request refused: ${describeError(error)}`,
+      );
+      throw error;
+    }
+  }
+
+  async #submit(
+    raw: MigrationRequestInput,
+    origin: { readonly requestedBy?: string; readonly rollbackOf?: string },
   ): Promise<{ request: ApprovalRequest; analysis: Analysis; findings: RiskFinding[] }> {
     const parsed = MigrationRequestInput.safeParse(raw);
     if (!parsed.success) {
@@ -95,9 +110,7 @@ export class Requests {
     const target = this.#o.targets.get(input.database);
     await target.executor.prepare();
     const relations = relationsOf(analysis.statements);
-    const impact = await withReachableSession(target.knex, (session) =>
-      describeRelations(session, relations),
-    );
+    const impact = await target.database.withClient((session) => describeRelations(session, relations));
     const findings = this.#o.findings.assess(analysis, impact);
     assertDryRunIsDry(findings, { dryRun: input.dry_run });
     const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');

@@ -8,9 +8,8 @@ import { describeError, GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { analyseSql, relationsOf, type Analysis } from '../migration/analyse.js';
 import { dumpTables, existingTables, pgDumpAvailable } from '../migration/backup.js';
-import { type MigrationJob } from '../migration/execute.js';
+import { ExecutionAborted, type MigrationJob, type Sent } from '../migration/execute.js';
 import type { ExecutionResult } from '../migration/result.js';
-import { withReachableSession } from '../migration/session.js';
 import { formatTimestamp, type Clock } from '../time.js';
 import type { ChangeFeed } from './changes.js';
 import type { FileView } from './file-view.js';
@@ -37,9 +36,6 @@ export interface ExecutionView {
   readonly ledger?: 'unreachable';
 }
 
-/** Whether anything of a job that ended without a result may have reached the database. */
-export type Sent = 'nothing' | 'maybe';
-
 export interface RunnerOptions {
   readonly config: Config;
   readonly store: ApprovalStore;
@@ -51,8 +47,6 @@ export interface RunnerOptions {
   readonly findings: Findings;
   readonly view: FileView;
   readonly changes: ChangeFeed;
-  /** Decides, from an error the executor (or the job's preparation) ended with, what may have run. */
-  readonly sentOf: (error: unknown) => Sent;
 }
 
 /** Backoff while the database is unreachable before an approved migration starts. */
@@ -168,6 +162,7 @@ export class Runner {
         return { execution: 'failed', result: null, executionError: error.message, final: true };
       }
       lookupError = `the ledger could not be read: ${describeError(error)}`;
+      this.#o.log.warn({ approval_id: id, database: request.command.database }, lookupError);
     }
     const stored = await this.#storedOutcome(id);
     if (stored && !stored.in_ledger) return fromOutcome(stored);
@@ -282,7 +277,13 @@ export class Runner {
         this.#changed(id);
       });
     } catch (error) {
-      await this.#endedWithout(request, decision, this.#o.sentOf(error), error);
+      // The executor alone knows whether it sent anything; it rejects only with ExecutionAborted.
+      await this.#endedWithout(
+        request,
+        decision,
+        error instanceof ExecutionAborted ? error.sent : 'maybe',
+        error,
+      );
       return;
     }
     await this.#ended(request, decision, run.result, run.ranHere);
@@ -351,7 +352,7 @@ export class Runner {
     if (connectionString && (await pgDumpAvailable())) {
       const target = this.#o.targets.get(command.database);
       const relations = relationsOf(analysis.statements);
-      const tables = await withReachableSession(target.knex, (session) => existingTables(session, relations));
+      const tables = await target.database.withClient((session) => existingTables(session, relations));
       const file = path.join(config.stateDir, 'backups', `${request.id}-${Date.now()}.dump`);
       const record = await dumpTables(
         connectionString,
@@ -499,23 +500,6 @@ export class Runner {
     );
     this.#changed(id);
   }
-}
-
-/** TEMPORARY until the executor says what it sent. */
-export function sentOf(error: unknown): Sent {
-  const certain =
-    error instanceof GateError &&
-    ([
-      'LEDGER_UNAVAILABLE',
-      'LEDGER_CONFLICT',
-      'BACKUP_FAILED',
-      'LEDGER_WRITE_FAILED',
-      'SESSION_NOT_CLEAN',
-      'EXECUTION_NOT_COMMITTED',
-      'DATABASE_UNREACHABLE',
-    ].includes(error.code) ||
-      error.code.startsWith('SIGNATURE_'));
-  return certain ? 'nothing' : 'maybe';
 }
 
 function fromOutcome(outcome: StoredOutcome): ExecutionView {

@@ -1,12 +1,11 @@
-import type { Knex } from 'knex';
 import type { Config } from '../config.js';
-import { openDatabase } from '../db.js';
+import { openDatabase, type Database } from '../db/index.js';
 import { GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Executor } from '../migration/execute.js';
 
 export interface Target {
-  readonly knex: Knex;
+  readonly database: Database;
   readonly executor: Executor;
 }
 
@@ -31,11 +30,11 @@ export class Targets {
       const databaseConfig = this.#config.databases[database];
       if (!databaseConfig)
         throw new GateError('DATABASE_UNKNOWN', `Database "${database}" is not configured.`);
-      const knex = openDatabase(database, databaseConfig, this.#env, this.#log);
+      const opened = openDatabase(database, databaseConfig, this.#env, this.#log);
       const executor = this.#config.executor;
       target = {
-        knex,
-        executor: new Executor(knex, {
+        database: opened,
+        executor: new Executor(opened, {
           ledgerSchema: this.#config.ledger_schema,
           installation: this.#installation,
           lockTimeoutMs: executor.lock_timeout_ms,
@@ -55,6 +54,6 @@ export class Targets {
   async close(): Promise<void> {
     const open = [...this.#open.values()];
     this.#open.clear();
-    await Promise.all(open.map((target) => target.knex.destroy()));
+    await Promise.all(open.map((target) => target.database.close()));
   }
 }

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import knexFactory, { type Knex } from 'knex';
+import ClientPgLite from 'knex-pglite';
+import { openPgDatabase, type Database } from '../../src/db/index.js';
 
 /** The real server on this machine. CI must fail, never skip, when it does not answer. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -29,4 +31,26 @@ export async function columnsOf(knex: Knex, table: string, schema = 'public'): P
     .orderBy('ordinal_position')
     .pluck('column_name');
   return rows as string[];
+}
+
+/**
+ * The gate's own access to the real test database (a pg.Pool, extended protocol), as the executor
+ * uses it. `maxConnections: 1` gives every session the connection the last one left behind.
+ */
+export function openTestDatabase(
+  options: { maxConnections?: number; applicationName?: string } = {},
+): Database {
+  return openPgDatabase('test', TEST_DATABASE_URL, options);
+}
+
+/**
+ * A knex that owns a PGlite instance on `config.path`, for tests that set up or inspect an embedded
+ * database while no server has it open. No lock: the server under test is the one that must lock.
+ */
+export function openEmbeddedKnex(_name: string, config: { client: 'pglite'; path: string }): Knex {
+  return knexFactory({
+    client: ClientPgLite,
+    dialect: 'postgres',
+    connection: config.path === 'memory://' ? {} : { filename: config.path },
+  } as Knex.Config);
 }

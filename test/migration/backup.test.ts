@@ -5,7 +5,7 @@ import path from 'node:path';
 import { inspect } from 'node:util';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { withSession, type QueryResult } from '../../src/db.js';
+import type { Database, QueryResult } from '../../src/db/index.js';
 import { GateError } from '../../src/errors.js';
 import {
   dumpTables,
@@ -16,9 +16,10 @@ import {
   tableCopyRecord,
   tableCopyStatements,
 } from '../../src/migration/backup.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, openTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 
 let knex: Knex;
+let database: Database;
 let dir: string;
 const schema = uniqueName('backup_test');
 const backupSchema = uniqueName('backup_copies');
@@ -52,7 +53,7 @@ function pgRestore(file: string): Promise<{ code: number | null; stderr: string 
 
 /** SQL verbatim, as the gate runs it: knex.raw would read the `?` in some names below as a binding. */
 function run(text: string, params?: readonly unknown[]): Promise<QueryResult> {
-  return withSession(knex, (s) => s.query(text, params));
+  return database.withClient((s) => s.query(text, params));
 }
 
 async function rowsOf(table: string): Promise<Record<string, unknown>[]> {
@@ -61,6 +62,7 @@ async function rowsOf(table: string): Promise<Record<string, unknown>[]> {
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
+  database = openTestDatabase();
   dir = await mkdtemp(path.join(tmpdir(), 'gate-backup-'));
   await run(`create schema ${schema}`);
 });
@@ -68,6 +70,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await run(`drop schema if exists ${schema} cascade`);
   await run(`drop schema if exists "${backupSchema}" cascade`);
+  await database.close();
   await knex.destroy();
   await rm(dir, { recursive: true, force: true });
 });
@@ -239,7 +242,7 @@ describe('existing tables', () => {
     const table = uniqueName('Customers');
     await run(`create table ${schema}."${table}" (id int)`);
     await run(`create view ${schema}.${table.toLowerCase()}_v as select 1`);
-    const found = await withSession(knex, async (s) => {
+    const found = await database.withClient(async (s) => {
       await s.query(`select set_config('search_path', $1, false)`, [schema]);
       try {
         return await existingTables(s, [
@@ -265,7 +268,7 @@ describe('table copies', () => {
     const original = await rowsOf(`${schema}.${name}`);
     const approvalId = 'APR-20260213-007';
 
-    const copied = await withSession(knex, async (s) => {
+    const copied = await database.withClient(async (s) => {
       await s.query('begin');
       try {
         const tables = await existingTables(s, [`${schema}.${name}`]);
@@ -324,7 +327,7 @@ describe('table copies', () => {
       expect(Buffer.byteLength(copy)).toBeLessThanOrEqual(63);
       expect(copy.startsWith(`${approvalId}__`)).toBe(true);
     }
-    await withSession(knex, async (s) => {
+    await database.withClient(async (s) => {
       await s.query('begin');
       try {
         for (const statement of statements) await s.query(statement);
@@ -352,7 +355,7 @@ describe('table copies', () => {
     await run(`create table ${schema}.${quoteIdentifier(hostile)} (id int)`);
     await run(`insert into ${schema}.${quoteIdentifier(hostile)} values (42)`);
     const approvalId = `APR-"quoted'`;
-    const rows = await withSession(knex, async (s) => {
+    const rows = await database.withClient(async (s) => {
       await s.query('begin');
       try {
         for (const statement of tableCopyStatements(backupSchema, approvalId, [{ schema, name: hostile }])) {

@@ -1,10 +1,11 @@
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDatabase, withSession } from '../../src/db.js';
+import { openDatabase, type Database } from '../../src/db/index.js';
 import { describeRelations, formatBytes, regclassText } from '../../src/migration/catalog.js';
-import { connectTestDatabase, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 let knex: Knex;
+let database: Database;
 const schema = uniqueName('catalog_test');
 const analysed = uniqueName('orders');
 const unanalysed = uniqueName('fresh');
@@ -15,6 +16,7 @@ const ROWS = 2_000;
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
+  database = openTestDatabase();
   await knex.raw(`create schema ${schema}`);
   await knex.raw(`create table ${analysed} (id int primary key, email text, note text)`);
   await knex.raw(`create index on ${analysed} (email)`);
@@ -42,12 +44,13 @@ afterAll(async () => {
   await knex.raw(`drop view if exists ${view}`);
   await knex.raw(`drop table if exists ${analysed}, "${mixedCase}", ${partitioned}`);
   await knex.raw(`drop schema if exists ${schema} cascade`);
+  await database.close();
   await knex.destroy();
 });
 
 describe('impact facts from the live catalog (real Postgres)', () => {
   it('reports an analysed table: estimated rows close to the real count, its size and its indexes', async () => {
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [analysed]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [analysed]));
     expect(facts).toMatchObject({ name: analysed, exists: true, kind: 'table', indexes: 2 });
     expect(facts?.estimated_rows).toBeGreaterThanOrEqual(ROWS * 0.9);
     expect(facts?.estimated_rows).toBeLessThanOrEqual(ROWS * 1.1);
@@ -56,7 +59,7 @@ describe('impact facts from the live catalog (real Postgres)', () => {
   });
 
   it('resolves a schema-qualified name, and reports a never-analysed table with unknown rows', async () => {
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [`${schema}.${unanalysed}`]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [`${schema}.${unanalysed}`]));
     expect(facts).toMatchObject({
       name: `${schema}.${unanalysed}`,
       exists: true,
@@ -69,21 +72,23 @@ describe('impact facts from the live catalog (real Postgres)', () => {
 
   it('reports a missing table as not existing, every other field null', async () => {
     const missing = uniqueName('not_created_yet');
-    expect(await withSession(knex, (s) => describeRelations(s, [missing, `${schema}.${missing}`]))).toEqual([
-      { name: missing, exists: false, kind: null, estimated_rows: null, total_bytes: null, indexes: null },
-      {
-        name: `${schema}.${missing}`,
-        exists: false,
-        kind: null,
-        estimated_rows: null,
-        total_bytes: null,
-        indexes: null,
-      },
-    ]);
+    expect(await database.withClient((s) => describeRelations(s, [missing, `${schema}.${missing}`]))).toEqual(
+      [
+        { name: missing, exists: false, kind: null, estimated_rows: null, total_bytes: null, indexes: null },
+        {
+          name: `${schema}.${missing}`,
+          exists: false,
+          kind: null,
+          estimated_rows: null,
+          total_bytes: null,
+          indexes: null,
+        },
+      ],
+    );
   });
 
   it('reports a view as a view, without rows, size or indexes', async () => {
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [view]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [view]));
     expect(facts).toEqual({
       name: view,
       exists: true,
@@ -95,18 +100,18 @@ describe('impact facts from the live catalog (real Postgres)', () => {
   });
 
   it('finds a mixed-case table by the name the parser reports, not its lower-cased namesake', async () => {
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [mixedCase]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [mixedCase]));
     expect(facts).toMatchObject({ name: mixedCase, exists: true, kind: 'table' });
   });
 
   it('sums a partitioned table over its partitions instead of reporting the empty parent', async () => {
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [partitioned]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [partitioned]));
     expect(facts).toMatchObject({ kind: 'partitioned table', estimated_rows: 1000, indexes: 1 });
     expect(facts?.total_bytes).toBeGreaterThan(0);
   });
 
   it('respects the session search_path for unqualified names', async () => {
-    const facts = await withSession(knex, async (s) => {
+    const facts = await database.withClient(async (s) => {
       await s.query(`select set_config('search_path', $1, false)`, [`${schema}, public`]);
       try {
         return await describeRelations(s, [unanalysed]);
@@ -119,9 +124,9 @@ describe('impact facts from the live catalog (real Postgres)', () => {
 
   it('passes names only as parameters: a hostile name is looked up, never executed', async () => {
     const hostile = `x'); drop table ${analysed}; --`;
-    const [facts] = await withSession(knex, (s) => describeRelations(s, [hostile]));
+    const [facts] = await database.withClient((s) => describeRelations(s, [hostile]));
     expect(facts?.exists).toBe(false);
-    const [still] = await withSession(knex, (s) => describeRelations(s, [analysed]));
+    const [still] = await database.withClient((s) => describeRelations(s, [analysed]));
     expect(still?.exists).toBe(true);
   });
 });
@@ -130,7 +135,7 @@ describe('impact facts on PGlite', () => {
   it('reads the same facts with the same SQL', async () => {
     const embedded = openDatabase('embedded', { client: 'pglite', path: 'memory://' });
     try {
-      const facts = await withSession(embedded, async (s) => {
+      const facts = await embedded.withClient(async (s) => {
         await s.query('create table customers (id int primary key, name text)');
         await s.query('insert into customers select g, $1 from generate_series(1, 100) g', ['n']);
         await s.query('analyze customers');
@@ -144,7 +149,7 @@ describe('impact facts on PGlite', () => {
       ]);
       expect(facts[0]?.total_bytes).toBeGreaterThan(0);
     } finally {
-      await embedded.destroy();
+      await embedded.close();
     }
   });
 });

@@ -1,12 +1,14 @@
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
+import type { Database } from '../../src/db/index.js';
 import { executionLockKeys, Executor, type MigrationJob } from '../../src/migration/execute.js';
-import { connectTestDatabase, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 /* Migrations with statements Postgres refuses inside a transaction, on the real server. */
 
 let knex: Knex;
+let database: Database;
 let executor: Executor;
 const ledgerSchema = uniqueName('gate_steps_test');
 const table = uniqueName('steps');
@@ -46,7 +48,8 @@ async function indexNames(): Promise<string[]> {
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
-  executor = new Executor(knex, { ledgerSchema, lockTimeoutMs: 500, statementTimeoutMs: 10_000 });
+  database = openTestDatabase();
+  executor = new Executor(database, { ledgerSchema, lockTimeoutMs: 500, statementTimeoutMs: 10_000 });
   await executor.prepare();
   await knex.schema.createTable(table, (t) => {
     t.increments('id');
@@ -57,6 +60,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await knex.schema.dropTableIfExists(table);
   await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
+  await database.close();
   await knex.destroy();
 });
 
@@ -129,13 +133,15 @@ describe('step-by-step execution of non-transactional statements', () => {
   it('says "still running" (null) while another session holds the run lock', async () => {
     const id = 'APR-20260102-004';
     await insertRunningRow(id, 'alive:1');
-    const holder = await knex.client.acquireConnection();
+    const holder = openTestDatabase();
     try {
-      await holder.query('select pg_advisory_lock($1, $2)', executionLockKeys('', id));
-      expect(await executor.lookup(id, `sha256:${id}`)).toBeNull();
-      await holder.query('select pg_advisory_unlock($1, $2)', executionLockKeys('', id));
+      await holder.withClient(async (session) => {
+        await session.query('select pg_advisory_lock($1, $2)', executionLockKeys('', id));
+        expect(await executor.lookup(id, `sha256:${id}`)).toBeNull();
+        await session.query('select pg_advisory_unlock($1, $2)', executionLockKeys('', id));
+      });
     } finally {
-      await knex.client.releaseConnection(holder);
+      await holder.close();
     }
     expect((await executor.lookup(id, `sha256:${id}`))?.state).toBe('unknown');
   });

@@ -1,12 +1,13 @@
 import type { Knex } from 'knex';
-import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
 import { Executor, retryDelayMs, type MigrationJob } from '../../src/migration/execute.js';
 import type { ExecutionResult } from '../../src/migration/result.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import type { Database } from '../../src/db/index.js';
+import { columnsOf, connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 let knex: Knex;
+let database: Database;
 let executor: Executor;
 const ledgerSchema = uniqueName('gate_exec_test');
 const table = uniqueName('customers');
@@ -22,7 +23,8 @@ async function job(approvalId: string, sql: string, dryRun = false): Promise<Mig
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
-  executor = new Executor(knex, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
+  database = openTestDatabase();
+  executor = new Executor(database, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
   await knex.schema.createTable(table, (t) => {
     t.increments('id');
     t.text('name');
@@ -33,6 +35,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await knex.schema.dropTableIfExists(table);
   await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
+  await database.close();
   await knex.destroy();
 });
 
@@ -75,8 +78,8 @@ describe('executor on the real Postgres server', () => {
 
   it('two concurrent runs of one approval execute it once', async () => {
     const sql = `UPDATE ${table} SET name = name || '!'`;
-    const otherKnex = knexFactory({ client: 'pg', connection: TEST_DATABASE_URL });
-    const other = new Executor(otherKnex, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
+    const otherDatabase = openTestDatabase();
+    const other = new Executor(otherDatabase, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
     try {
       const [a, b] = await Promise.all([
         resultOf(executor, await job('APR-20260101-002', sql)),
@@ -84,7 +87,7 @@ describe('executor on the real Postgres server', () => {
       ]);
       expect(a).toEqual(b);
     } finally {
-      await otherKnex.destroy();
+      await otherDatabase.close();
     }
     const names = await knex(table).orderBy('id').pluck('name');
     expect(names).toEqual(['a!', 'b!', 'c!']);
@@ -163,7 +166,7 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('retries a transaction that timed out on a lock, and succeeds once the lock is released', async () => {
-    const patient = new Executor(knex, {
+    const patient = new Executor(database, {
       ledgerSchema,
       lockTimeoutMs: 200,
       statementTimeoutMs: 5000,
@@ -190,7 +193,7 @@ describe('executor on the real Postgres server', () => {
   });
 
   it('fails cleanly after the last retry when the lock is never released, changing nothing', async () => {
-    const patient = new Executor(knex, {
+    const patient = new Executor(database, {
       ledgerSchema,
       lockTimeoutMs: 100,
       statementTimeoutMs: 5000,
@@ -223,6 +226,9 @@ describe('executor on the real Postgres server', () => {
 
   it('refuses an approval id already in the ledger for a different request', async () => {
     const conflicting = { ...(await job('APR-20260101-001', 'SELECT 1')), requestHash: 'sha256:other' };
-    await expect(executor.run(conflicting)).rejects.toMatchObject({ code: 'LEDGER_CONFLICT' });
+    await expect(executor.run(conflicting)).rejects.toMatchObject({
+      code: 'LEDGER_CONFLICT',
+      sent: 'nothing',
+    });
   });
 });

@@ -1,11 +1,10 @@
 import type { Knex } from 'knex';
-import knexFactory from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { withSession } from '../../src/db.js';
+import type { Database } from '../../src/db/index.js';
 import { analyseSql } from '../../src/migration/analyse.js';
 import { Executor, type MigrationJob } from '../../src/migration/execute.js';
 import { settingsBreach, type WatchedSettings } from '../../src/migration/session.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 /*
  * The executor against the agent: SQL that tries to run a statement the file does not list, to leave
@@ -16,7 +15,7 @@ import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/p
 
 let admin: Knex;
 /** One pooled connection, so a later job gets exactly the session an earlier one left behind. */
-let single: Knex;
+let single: Database;
 let executor: Executor;
 const ledgerSchema = uniqueName('gate_session');
 const otherSchema = uniqueName('elsewhere');
@@ -41,7 +40,7 @@ async function tableExists(name: string, schema = 'public'): Promise<boolean> {
 
 beforeAll(async () => {
   admin = await connectTestDatabase();
-  single = knexFactory({ client: 'pg', connection: TEST_DATABASE_URL, pool: { min: 1, max: 1 } });
+  single = openTestDatabase({ maxConnections: 1 });
   executor = new Executor(single, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 });
   await executor.prepare();
   await admin.raw(`create schema ${otherSchema}`);
@@ -50,7 +49,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await single?.destroy();
+  await single?.close();
   await admin.raw(`drop table if exists ${sentinel}`);
   await admin.raw(`drop schema if exists ${otherSchema} cascade`);
   await admin.raw('drop schema if exists ?? cascade', [ledgerSchema]);
@@ -62,7 +61,7 @@ afterAll(async () => {
 describe('security: Postgres runs exactly the statements the file lists', () => {
   it('refuses a second command hidden in one statement text (extended protocol)', async () => {
     await expect(
-      withSession(single, (session) => session.query(`select 1; drop table ${sentinel}`)),
+      single.withClient((session) => session.query(`select 1; drop table ${sentinel}`)),
     ).rejects.toMatchObject({ code: '42601' });
     expect(await tableExists(sentinel)).toBe(true);
   });
@@ -81,7 +80,7 @@ describe('security: Postgres runs exactly the statements the file lists', () => 
 
   it('even with the lexer desynchronised, the hidden DROP is refused by Postgres itself', async () => {
     // The settings guard stops the job before statement 2 is sent; here it is sent on purpose.
-    await withSession(single, async (session) => {
+    await single.withClient(async (session) => {
       await session.query('set standard_conforming_strings = off');
       try {
         await expect(session.query(`SELECT 'a\\'' ; DROP TABLE ${sentinel}; --'`)).rejects.toMatchObject({
@@ -108,13 +107,13 @@ describe('security: a job leaves nothing behind and cannot lift the gate limits'
   });
 
   it('a job starts clean even on a connection another caller left dirty', async () => {
-    await withSession(single, (session) => session.query(`set search_path = ${otherSchema}`));
+    await single.withClient((session) => session.query(`set search_path = ${otherSchema}`));
     const probe = uniqueName('probe');
     const ran = await executor.run(await job(`CREATE TABLE ${probe} (x int)`));
     expect(ran.result.state).toBe('succeeded');
     expect(await tableExists(probe, 'public')).toBe(true);
     await admin.raw(`drop table ${probe}`);
-    await withSession(single, (session) => session.query('discard all'));
+    await single.withClient((session) => session.query('discard all'));
   });
 
   it('a SET ROLE, a temporary table and a session advisory lock do not survive the job', async () => {
@@ -124,7 +123,7 @@ describe('security: a job leaves nothing behind and cannot lift the gate limits'
       ),
     );
     expect(ran.result.state).toBe('succeeded');
-    await withSession(single, async (session) => {
+    await single.withClient(async (session) => {
       const { rows } = await session.query(
         `select current_user = session_user as same_user,
                 pg_catalog.to_regclass('pg_temp.leftover') is null as no_temp,
@@ -222,7 +221,10 @@ describe('what the executor knows about how far it got', () => {
     const analysed = await job(
       `CREATE TABLE ${probe} (x int); SELECT pg_terminate_backend(pg_backend_pid())`,
     );
-    await expect(executor.run(analysed)).rejects.toMatchObject({ code: 'EXECUTION_NOT_COMMITTED' });
+    await expect(executor.run(analysed)).rejects.toMatchObject({
+      code: 'EXECUTION_NOT_COMMITTED',
+      sent: 'nothing',
+    });
     expect(await tableExists(probe)).toBe(false);
     expect(await executor.lookup(analysed.approvalId, analysed.requestHash)).toBeNull();
   });

@@ -1,9 +1,9 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
-import { openDatabase } from '../../src/db.js';
 import { nextApprovalFile } from '../helpers/files.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
+import { openEmbeddedKnex as openDatabase } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /* The same flow on the embedded default: PGlite in the server process, a data directory on disk. */

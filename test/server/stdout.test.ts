@@ -112,8 +112,10 @@ describe('stdout belongs to the protocol', () => {
       expect(() => (message = JSON.parse(line)), `stdout line is not JSON: ${line}`).not.toThrow();
       expect(message, `stdout line is not JSON-RPC: ${line}`).toMatchObject({ jsonrpc: '2.0' });
     }
-    // The knex warning is not lost: it is a log line on stderr.
-    expect(run.stderr).toMatch(/Acquire connection error/);
+    // The refusal is not lost: it is a log line on stderr.
+    expect(run.stderr).toMatch(
+      /"code":"DATABASE_UNREACHABLE","msg":"request refused: The database .*main_db.* could not be reached/,
+    );
   });
 
   describe('the approvals CLI', () => {
@@ -152,7 +154,7 @@ describe('stdout belongs to the protocol', () => {
       expect(show.stdout).not.toMatch(KNEX_TEXT);
       expect(show.code, show.stderr).toBe(0);
       const shown = JSON.parse(show.stdout) as { executionError: string | null; ledger?: string };
-      // The ledger was asked (and could not answer): the knex warning went to stderr.
+      // The ledger was asked (and could not answer): the warning went to stderr.
       expect(shown.executionError).toMatch(/ledger could not be read/);
       expect(shown.ledger).toBe('unreachable');
       // In a human's terminal, a finished request does not look "running": it says what it cannot know.
@@ -161,7 +163,7 @@ describe('stdout belongs to the protocol', () => {
         'execution: unknown here: the ledger is not reachable from this terminal',
       );
       expect(human.stdout).not.toMatch(/execution: running/);
-      expect(show.stderr).toMatch(/Acquire connection error/);
+      expect(show.stderr).toMatch(/the ledger could not be read/);
     });
   });
 });
