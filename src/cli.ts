@@ -4,15 +4,7 @@ import { homedir } from 'node:os';
 import path from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import type { SaveStyle } from './approvals/human-edit.js';
-import {
-  decideCommand,
-  listCommand,
-  openClientPipeline,
-  rollbackCommand,
-  showCommand,
-  watchCommand,
-  type Output,
-} from './commands.js';
+import type { Output } from './commands.js';
 import type { Pipeline } from './pipeline.js';
 import { loadConfig } from './config.js';
 import { isGateError } from './errors.js';
@@ -109,13 +101,17 @@ interface ClientOptions {
   json?: boolean;
 }
 
+/** The approvers' commands, loaded only when one runs: `serve` never needs them. */
+type Commands = typeof import('./commands.js');
+
 /** Runs an approvers' command on a client pipeline (never decides or executes) and sets the exit code. */
 async function withClient(
   options: ClientOptions,
-  run: (pipeline: Pipeline, output: Output) => Promise<number>,
+  run: (commands: Commands, pipeline: Pipeline, output: Output) => Promise<number>,
 ): Promise<void> {
   const config = loadConfig(options.config);
-  const pipeline = await openClientPipeline(
+  const commands = await import('./commands.js');
+  const pipeline = await commands.openClientPipeline(
     config,
     createLogger(process.env.APPROVAL_GATE_LOG_LEVEL ?? 'warn'),
   );
@@ -125,7 +121,7 @@ async function withClient(
     write: (text) => process.stdout.write(`${text}\n`),
   };
   try {
-    process.exitCode = await run(pipeline, output);
+    process.exitCode = await run(commands, pipeline, output);
   } finally {
     await pipeline.close();
   }
@@ -151,7 +147,7 @@ function clientCommand(name: string, description: string): Command {
 clientCommand('list', 'List requests: id, status, priority, target, age, time left.')
   .addOption(new Option('--status <status>', 'only this status').choices([...STATUSES]))
   .action((options: ClientOptions & { status?: (typeof STATUSES)[number] }) =>
-    withClient(options, (pipeline, output) => listCommand(pipeline, options.status, output)),
+    withClient(options, ({ listCommand }, pipeline, output) => listCommand(pipeline, options.status, output)),
   );
 
 clientCommand(
@@ -160,7 +156,7 @@ clientCommand(
 )
   .argument('<id>', 'approval id, e.g. APR-20260213-003 (any case)', approvalId)
   .action((id: string, options: ClientOptions) =>
-    withClient(options, (pipeline, output) => showCommand(pipeline, id, output)),
+    withClient(options, ({ showCommand }, pipeline, output) => showCommand(pipeline, id, output)),
   );
 
 const decideOptions = (command: Command) =>
@@ -215,7 +211,7 @@ decideOptions(
         saveStyle: SaveStyle;
       },
     ) =>
-      withClient(options, (pipeline, output) =>
+      withClient(options, ({ decideCommand }, pipeline, output) =>
         decideCommand(
           pipeline,
           id,
@@ -246,7 +242,7 @@ decideOptions(clientCommand('reject', 'Reject a request, with the reason the age
         saveStyle: SaveStyle;
       },
     ) =>
-      withClient(options, (pipeline, output) =>
+      withClient(options, ({ decideCommand }, pipeline, output) =>
         decideCommand(
           pipeline,
           id,
@@ -270,14 +266,14 @@ clientCommand(
   .requiredOption('--as <name>', 'your name, as requested_by')
   .requiredOption('--reason <text>', 'why it must be undone')
   .action((id: string, options: ClientOptions & { as: string; reason: string }) =>
-    withClient(options, (pipeline, output) =>
+    withClient(options, ({ rollbackCommand }, pipeline, output) =>
       rollbackCommand(pipeline, id, { as: options.as, reason: options.reason }, output),
     ),
   );
 
 clientCommand('watch', 'Live view of requests and their countdowns (Ctrl-C to stop).').action(
   (options: ClientOptions) =>
-    withClient(options, (pipeline, output) => {
+    withClient(options, ({ watchCommand }, pipeline, output) => {
       const stop = new AbortController();
       process.once('SIGINT', () => stop.abort());
       return watchCommand(pipeline, output, stop.signal);

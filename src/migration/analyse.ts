@@ -1,6 +1,6 @@
-import { loadModule, parse, type ParseResult } from 'libpg-query';
+import type { ParseResult } from 'libpg-query';
 import { describeError, GateError } from '../errors.js';
-import { statementsOfTree, type AnalysedStatement } from './parse-tree.js';
+import { loadParser, statementsOfTree, type AnalysedStatement } from './parse-tree.js';
 import { executedSites } from './nested-code.js';
 import { refusalOf } from './refusals.js';
 
@@ -33,10 +33,11 @@ export function lineAndColumn(sql: string, offset: number): { line: number; colu
  */
 export async function analyseSql(sql: string): Promise<Analysis> {
   let tree: ParseResult;
-  // Nested SQL (DO blocks, function bodies) is parsed later with the synchronous API.
-  await loadModule();
+  // Loaded on the first analysis, not at start. Nested SQL (DO blocks, function bodies) is parsed
+  // later with the synchronous API, which needs it loaded.
+  const parser = await loadParser();
   try {
-    tree = await parse(sql);
+    tree = await parser.parse(sql);
   } catch (error) {
     const details = (error as { sqlDetails?: { message: string; cursorPosition: number } }).sqlDetails;
     const message = details?.message ?? describeError(error);

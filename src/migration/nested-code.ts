@@ -1,9 +1,9 @@
-import { parsePlPgSQLSync, scanSync } from 'libpg-query';
 import { describeError } from '../errors.js';
 import {
   child,
   defElem,
   list,
+  loadedParser,
   parseNestedSql,
   statementOfNode,
   stringsOf,
@@ -120,7 +120,7 @@ function expressionSql(query: string, parseMode: number): string | null {
   if (parseMode >= 3 && parseMode <= 5) {
     const utf8 = Buffer.from(query, 'utf8');
     let depth = 0;
-    for (const token of scanSync(query).tokens) {
+    for (const token of loadedParser().scanSync(query).tokens) {
       if (token.text === '(' || token.text === '[') depth += 1;
       else if (token.text === ')' || token.text === ']') depth -= 1;
       else if (depth === 0 && (token.text === ':=' || token.text === '=')) {
@@ -230,7 +230,12 @@ export function executedSites(statements: readonly AnalysedStatement[]): Site[] 
     depth: number,
     expanded: Set<string>,
   ): void => {
-    const tree: unknown = parsedOrOpaque(() => parsePlPgSQLSync(source), index, via, 'The PL/pgSQL body');
+    const tree: unknown = parsedOrOpaque(
+      () => loadedParser().parsePlPgSQLSync(source),
+      index,
+      via,
+      'The PL/pgSQL body',
+    );
     if (tree === null) return;
     visitNodes(tree, (key, value) => {
       const how = DYNAMIC_STATEMENTS[key];

@@ -1,4 +1,5 @@
-import { parseSync, type ParseResult } from 'libpg-query';
+import type * as PgQuery from 'libpg-query';
+import type { ParseResult } from 'libpg-query';
 
 /**
  * Turning a libpg-query parse result into analysed statements. Shared by the top-level analysis and by
@@ -21,6 +22,38 @@ export interface AnalysedStatement {
   readonly transactional: boolean;
   /** The statement's parse tree (the node under `kind`), for risk analysis. */
   readonly node: Readonly<Record<string, unknown>>;
+}
+
+/** The parser module once `loadParser` has loaded it (its WebAssembly included), else null. */
+let loaded: typeof PgQuery | null = null;
+let loading: Promise<typeof PgQuery> | null = null;
+
+/**
+ * Loads libpg-query and its WebAssembly module, once, on the first analysis: the server and the CLI
+ * start without the parser (it costs tens of ms and several MB), and most commands never need it.
+ */
+export function loadParser(): Promise<typeof PgQuery> {
+  loading ??= import('libpg-query')
+    .then(async (module) => {
+      await module.loadModule();
+      loaded = module;
+      return module;
+    })
+    .catch((error: unknown) => {
+      // A failed load is not remembered: the next analysis tries again.
+      loading = null;
+      throw error;
+    });
+  return loading;
+}
+
+/**
+ * The parser for the synchronous API (nested SQL, PL/pgSQL bodies, tokens). Statements only come
+ * from `analyseSql`, which loads it first; reaching this before is a programming error.
+ */
+export function loadedParser(): typeof PgQuery {
+  if (loaded === null) throw new Error('The SQL parser is used before analyseSql loaded it.');
+  return loaded;
 }
 
 export type Node = Readonly<Record<string, unknown>>;
@@ -223,5 +256,5 @@ export function statementsOfTree(tree: ParseResult, sql: string, fixedIndex?: nu
  * module is loaded by `analyseSql` before any nested SQL is met. Throws when the grammar rejects it.
  */
 export function parseNestedSql(sql: string, index: number): AnalysedStatement[] {
-  return statementsOfTree(parseSync(sql), sql, index);
+  return statementsOfTree(loadedParser().parseSync(sql), sql, index);
 }
