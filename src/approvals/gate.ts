@@ -1,5 +1,6 @@
-import { watch, type FSWatcher } from 'node:fs';
+import { lstatSync, watch, type BigIntStats, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
@@ -29,6 +30,11 @@ export interface GateOptions {
   readonly recheckIntervalMs: number;
   /** false: no file-system watcher, only the periodic re-check (network file systems). */
   readonly watchFiles: boolean;
+  /**
+   * Without the watcher: each pending file is also read in full about this often, whatever its
+   * stamp says (default FULL_READ_EVERY_MS).
+   */
+  readonly fullReadEveryMs?: number;
   /** The approver allowlist of the request's environment, or null for "anyone but the requester". */
   readonly approversFor: (request: ApprovalRequest) => readonly string[] | null;
   /** The environment's trusted signers, when its decisions must be signed (allowed_signers). */
@@ -61,6 +67,68 @@ export const MISSING_FILE_GRACE_MS = 2000;
 /** setTimeout's ceiling; longer deadlines are re-armed in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/**
+ * What the file looked like when it was last read: enough to tell, with one lstat and without
+ * reading it, that it has not changed since (a save writes new content or times, a rename-save
+ * brings a new inode). `none`: missing or not stat-able, which never proves anything.
+ */
+export type FileStamp =
+  | {
+      readonly kind: 'file';
+      readonly ino: bigint;
+      readonly size: bigint;
+      readonly mtimeNs: bigint;
+      readonly ctimeNs: bigint;
+    }
+  | { readonly kind: 'none' };
+
+export function stampOf(stats: BigIntStats | null): FileStamp {
+  return stats === null
+    ? { kind: 'none' }
+    : { kind: 'file', ino: stats.ino, size: stats.size, mtimeNs: stats.mtimeNs, ctimeNs: stats.ctimeNs };
+}
+
+/**
+ * A file changed within this long before it was read may change again with the same size and the
+ * same times (file times tick in jiffies locally, in seconds or worse on some file systems), so its
+ * stamp proves nothing yet: it is read once more on the next re-check.
+ */
+export const RACY_STAMP_MS = 2000;
+
+/**
+ * True when `now` proves the file is the one read at `readAtMs` (wall clock, as file times are):
+ * the same inode, size and times, and those times were already old enough at the read.
+ */
+export function unchangedSinceRead(
+  read: { readonly stamp: FileStamp; readonly readAtMs: number },
+  now: FileStamp,
+): boolean {
+  const was = read.stamp;
+  if (was.kind !== 'file' || now.kind !== 'file') return false;
+  const racy = Number(was.mtimeNs / 1_000_000n) >= read.readAtMs - RACY_STAMP_MS;
+  return (
+    !racy &&
+    was.ino === now.ino &&
+    was.size === now.size &&
+    was.mtimeNs === now.mtimeNs &&
+    was.ctimeNs === now.ctimeNs
+  );
+}
+
+/**
+ * Without file-system events (network file systems), a stat can be answered from an attribute cache
+ * for up to a minute (NFS acregmax): each pending file is then also read in full about this often,
+ * a slice of them per re-check.
+ */
+export const FULL_READ_EVERY_MS = 60_000;
+
+/**
+ * Stamps taken between two turns of the event loop during a re-check. Synchronous lstat costs a
+ * tenth of the CPU of the promise API (no thread-pool round trip), and a batch of this size blocks
+ * for well under a millisecond, so a save arriving meanwhile is not held up.
+ */
+const STAMPS_PER_TURN = 100;
+
 interface Tracked {
   readonly request: ApprovalRequest;
   timer: NodeJS.Timeout | null;
@@ -69,6 +137,8 @@ interface Tracked {
   problem: DecisionProblem | null;
   rereads: number;
   missingSince: number | null;
+  /** The file as of the last completed check, or null before the first. */
+  lastRead: { readonly stamp: FileStamp; readonly readAtMs: number } | null;
 }
 
 /**
@@ -88,6 +158,10 @@ export class Gate {
   #watcher: FSWatcher | null = null;
   #interval: NodeJS.Timeout | null = null;
   #stopped = false;
+  #rechecking = false;
+  /** Without events: the last id whose file the rotating full read reached, and reads owed to it. */
+  #sweptUpTo = '';
+  #sweepCredit = 0;
 
   constructor(options: GateOptions) {
     this.#options = options;
@@ -110,13 +184,25 @@ export class Gate {
     this.#interval.unref();
   }
 
-  /** The safety net: re-read every pending file, and pick up requests other processes created. */
+  /**
+   * The safety net: re-read each pending file that changed since it was last read (one lstat each;
+   * events missed by the watcher, saves on file systems that send none), and pick up requests other
+   * processes created. A file untouched since its last read is not read again.
+   */
   async #recheck(): Promise<void> {
-    const { store, log } = this.#options;
+    // A slow re-check (a huge directory, a slow disk) must not pile up behind itself.
+    if (this.#rechecking) return;
+    this.#rechecking = true;
+    const { store, log, watchFiles } = this.#options;
     try {
-      for (const id of await store.listRequestIds()) {
-        if (this.#tracked.has(id)) {
-          void this.check(id);
+      const ids = await store.listRequestIds();
+      const fullReads = watchFiles ? new Set<string>() : this.#sweep();
+      for (const [index, id] of ids.entries()) {
+        if (index > 0 && index % STAMPS_PER_TURN === 0) await nextTurn();
+        if (this.#stopped) return;
+        const tracked = this.#tracked.get(id);
+        if (tracked) {
+          if (fullReads.has(id) || !this.#unchanged(tracked)) void this.check(id);
         } else if (!this.#settled.has(id)) {
           try {
             const request = await store.readRequest(id);
@@ -131,7 +217,50 @@ export class Gate {
       }
     } catch (error) {
       log.error({ err: describeError(error) }, 'periodic re-check failed');
+    } finally {
+      this.#rechecking = false;
     }
+  }
+
+  /** True when one lstat proves the file is still the one the last check read. */
+  #unchanged(tracked: Tracked): boolean {
+    // A check under way stamps the file itself; a save during it shows in that stamp next time.
+    if (tracked.checking) return true;
+    if (tracked.lastRead === null) return false;
+    return unchangedSinceRead(tracked.lastRead, this.#stamp(tracked.request.id));
+  }
+
+  #stamp(id: string): FileStamp {
+    try {
+      return stampOf(
+        lstatSync(this.#options.store.filePath(id), { bigint: true, throwIfNoEntry: false }) ?? null,
+      );
+    } catch {
+      // Not stat-able (permissions, I/O): proves nothing, so the file is read.
+      return stampOf(null);
+    }
+  }
+
+  /**
+   * The pending ids whose files this re-check reads in full whatever their stamps say: the next slice
+   * in id order, sized so that every file is read once per `fullReadEveryMs`.
+   */
+  #sweep(): Set<string> {
+    const { recheckIntervalMs, fullReadEveryMs = FULL_READ_EVERY_MS } = this.#options;
+    const ids = [...this.#tracked.keys()].sort();
+    this.#sweepCredit = Math.min(
+      ids.length,
+      this.#sweepCredit + (ids.length * recheckIntervalMs) / fullReadEveryMs,
+    );
+    const count = Math.floor(this.#sweepCredit);
+    this.#sweepCredit -= count;
+    const start = Math.max(
+      0,
+      ids.findIndex((id) => id > this.#sweptUpTo),
+    );
+    const slice = [...ids.slice(start), ...ids.slice(0, start)].slice(0, count);
+    if (slice.length > 0) this.#sweptUpTo = slice.at(-1) ?? '';
+    return new Set(slice);
   }
 
   stop(): void {
@@ -158,6 +287,7 @@ export class Gate {
       problem: null,
       rereads: 0,
       missingSince: null,
+      lastRead: null,
     };
     this.#tracked.set(request.id, tracked);
     this.#armDeadline(tracked);
@@ -188,7 +318,11 @@ export class Gate {
     try {
       do {
         tracked.again = false;
+        // Stamped before the read: a save during the read leaves a newer stamp, seen next time.
+        const readAtMs = Date.now();
+        const stamp = this.#stamp(id);
         await this.#checkOnce(tracked);
+        tracked.lastRead = { stamp, readAtMs };
       } while (tracked.again && this.#tracked.has(id));
     } catch (error) {
       this.#options.log.error({ approval_id: id, err: describeError(error) }, 'gate check failed');

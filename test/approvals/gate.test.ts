@@ -1,9 +1,9 @@
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { AuditLog } from '../../src/approvals/audit.js';
-import { Gate } from '../../src/approvals/gate.js';
+import { Gate, RACY_STAMP_MS, unchangedSinceRead, type FileStamp } from '../../src/approvals/gate.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import type { ApprovalRequest, Decision } from '../../src/approvals/request.js';
@@ -24,7 +24,15 @@ interface Harness {
   setNow: (date: Date) => void;
 }
 
-async function harness(): Promise<Harness> {
+interface HarnessOptions {
+  readonly watchFiles?: boolean;
+  readonly recheckIntervalMs?: number;
+  readonly fullReadEveryMs?: number;
+  /** Backdate the file before the gate first reads it, so its stamp is trusted at once. */
+  readonly aged?: boolean;
+}
+
+async function harness(options: HarnessOptions = {}): Promise<Harness> {
   const dir = await mkdtemp(path.join(tmpdir(), 'gate-'));
   const store = await ApprovalStore.open(path.join(dir, 'approvals'), path.join(dir, 'state'));
   let now = new Date();
@@ -33,6 +41,10 @@ async function harness(): Promise<Harness> {
     expires_at: formatTimestamp(new Date(now.getTime() + 60 * 60_000)),
   });
   const request = await store.create(draft, (r) => renderApprovalFile(r, sampleContext));
+  if (options.aged) {
+    const hourAgo = new Date(Date.now() - 60 * 60_000);
+    await utimes(store.filePath(request.id), hourAgo, hourAgo);
+  }
   const decisions: Decision[] = [];
   let resolveDecided: (d: Decision) => void = () => undefined;
   const decided = new Promise<Decision>((resolve) => (resolveDecided = resolve));
@@ -45,8 +57,9 @@ async function harness(): Promise<Harness> {
     autoApproval: () => null,
     clock: () => now,
     log: silentLogger,
-    recheckIntervalMs: 60_000,
-    watchFiles: true,
+    recheckIntervalMs: options.recheckIntervalMs ?? 60_000,
+    watchFiles: options.watchFiles ?? true,
+    ...(options.fullReadEveryMs !== undefined ? { fullReadEveryMs: options.fullReadEveryMs } : {}),
     onDecision: async (_request, decision) => {
       decisions.push(decision);
       resolveDecided(decision);
@@ -127,5 +140,80 @@ describe('gate', () => {
       decided_by: 'Dana',
     });
     h.gate.stop();
+  });
+
+  describe('the periodic re-check', () => {
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+    it('notices a save that no file-system event reported', async () => {
+      // No watcher at all, and no full reads within the test: only the stamp can reveal the save.
+      const h = await harness({
+        watchFiles: false,
+        recheckIntervalMs: 50,
+        fullReadEveryMs: 3_600_000,
+        aged: true,
+      });
+      await sleep(200);
+      await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Dana' }, 'in-place');
+      expect(await h.decided).toMatchObject({ status: 'APPROVED', decided_by: 'Dana' });
+      h.gate.stop();
+    }, 10_000);
+
+    it('does not read again a file untouched since the last check', async () => {
+      const h = await harness({ recheckIntervalMs: 50, aged: true });
+      const reads = vi.spyOn(h.store, 'readApprovalFile');
+      await sleep(100);
+      const afterFirstCheck = reads.mock.calls.length;
+      await sleep(600); // about 12 re-checks
+      expect(reads.mock.calls.length).toBe(afterFirstCheck);
+      expect(afterFirstCheck).toBeLessThanOrEqual(1);
+      await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Dana' }, 'rename');
+      expect(await h.decided).toMatchObject({ status: 'APPROVED' });
+      h.gate.stop();
+    });
+
+    it('without file-system events, still reads every file in full now and then', async () => {
+      // A network file system may answer a stat from its attribute cache.
+      const h = await harness({ watchFiles: false, recheckIntervalMs: 50, fullReadEveryMs: 200, aged: true });
+      const reads = vi.spyOn(h.store, 'readApprovalFile');
+      await sleep(1000); // 20 re-checks, one full read in four
+      expect(reads.mock.calls.length).toBeGreaterThanOrEqual(3);
+      expect(reads.mock.calls.length).toBeLessThanOrEqual(7);
+      h.gate.stop();
+    });
+  });
+
+  describe('a file stamp', () => {
+    const readAtMs = Date.parse('2026-02-13T09:00:00Z');
+    const ns = (ms: number) => BigInt(ms) * 1_000_000n;
+    const stamp = (changes: Partial<Extract<FileStamp, { kind: 'file' }>> = {}): FileStamp => ({
+      kind: 'file',
+      ino: 42n,
+      size: 4096n,
+      mtimeNs: ns(readAtMs - 60_000),
+      ctimeNs: ns(readAtMs - 60_000),
+      ...changes,
+    });
+
+    it.each([
+      { what: 'the same file', now: stamp(), unchanged: true },
+      { what: 'a rename-save (new inode)', now: stamp({ ino: 43n }), unchanged: false },
+      { what: 'a save of another size', now: stamp({ size: 4097n }), unchanged: false },
+      { what: 'a same-size save (new mtime)', now: stamp({ mtimeNs: ns(readAtMs + 5) }), unchanged: false },
+      {
+        what: 'a change of metadata (new ctime)',
+        now: stamp({ ctimeNs: ns(readAtMs + 5) }),
+        unchanged: false,
+      },
+      { what: 'a missing file', now: { kind: 'none' } as const, unchanged: false },
+    ])('tells $what (unchanged: $unchanged)', ({ now, unchanged }) => {
+      expect(unchangedSinceRead({ stamp: stamp(), readAtMs }, now)).toBe(unchanged);
+    });
+
+    it('proves nothing when the file had changed just before it was read', () => {
+      const fresh = stamp({ mtimeNs: ns(readAtMs - RACY_STAMP_MS + 1) });
+      expect(unchangedSinceRead({ stamp: fresh, readAtMs }, fresh)).toBe(false);
+      expect(unchangedSinceRead({ stamp: fresh, readAtMs: readAtMs + RACY_STAMP_MS }, fresh)).toBe(true);
+    });
   });
 });
