@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { describeError, GateError } from './errors.js';
-import { RISK_CODES } from './migration/risks.js';
+import { RISK_CODES } from './migration/risk-codes.js';
 import { isValidTimeZone } from './time.js';
 
 export const PRIORITIES = ['critical', 'high', 'medium', 'low'] as const;

@@ -7,7 +7,7 @@ import type { Config } from './config.js';
 import { GateError } from './errors.js';
 import type { Logger } from './log.js';
 import type { Analysis } from './migration/analyse.js';
-import type { RiskFinding } from './migration/risks.js';
+import type { RiskFinding } from './migration/risk-codes.js';
 import { systemClock, type Clock } from './time.js';
 import type { Transport } from './trust-anchors.js';
 import { ChangeFeed, type Change } from './service/changes.js';

@@ -3,7 +3,7 @@ import { stringifyFrontMatter } from './frontmatter.js';
 import { codeBlock, codeText, inlineCode, plainText, replaceInvisible, tableCell } from './markdown.js';
 import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
-import { RISK_TITLES, type RiskFinding } from '../migration/risks.js';
+import { RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
 import { COMMAND_FIELDS, type ApprovalRequest, type Decision } from './request.js';
 import { canonicalMessage, SIGNATURE_NAMESPACE, type SignedDecision } from './signature.js';
 

@@ -9,6 +9,7 @@ import type { Config } from '../config.js';
 import { describeError, GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Pipeline } from '../pipeline.js';
+import { openedHandle } from './handle.js';
 import { createServer, SERVER_NAME } from './index.js';
 
 /**
@@ -91,6 +92,7 @@ export async function serveHttp(
   }
   const host = overrides.host ?? config.http.host;
   const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME, transport: 'http' });
+  const handle = openedHandle(pipeline);
   const sessions = new Map<string, Session>();
   /** Initializes under way: not in `sessions` yet, but they count against max_sessions. */
   let initializing = 0;
@@ -176,7 +178,7 @@ export async function serveHttp(
         allowedHosts,
         ...(config.http.allowed_origins.length > 0 ? { allowedOrigins: config.http.allowed_origins } : {}),
       });
-      const session: Session = { transport, server: createServer(pipeline), lastActivity: 0, inFlight: 0 };
+      const session: Session = { transport, server: createServer(handle), lastActivity: 0, inFlight: 0 };
       transport.onclose = () => {
         if (transport.sessionId && sessions.get(transport.sessionId) === session)
           sessions.delete(transport.sessionId);

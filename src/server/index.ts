@@ -1,13 +1,13 @@
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { Pipeline } from '../pipeline.js';
+import type { PipelineHandle } from './handle.js';
 import { registerApprovalResources } from './resources.js';
 import { registerTools } from './tools/index.js';
 
 export const SERVER_NAME = 'approval-gate';
 export const SERVER_VERSION = '0.1.0';
 
-/** An MCP server over a running pipeline. Transports are separate, thin entries. */
-export function createServer(pipeline: Pipeline): McpServer {
+/** An MCP server over a pipeline (open, or opening). Transports are separate, thin entries. */
+export function createServer(gate: PipelineHandle): McpServer {
   const server = new McpServer(
     { name: SERVER_NAME, version: SERVER_VERSION },
     {
@@ -17,8 +17,8 @@ export function createServer(pipeline: Pipeline): McpServer {
         'await_approval with the approval_id until it is.',
     },
   );
-  registerTools(server, pipeline);
-  const stopResources = registerApprovalResources(server, pipeline);
+  registerTools(server, gate);
+  const stopResources = registerApprovalResources(server, gate);
   // Whichever side closes the session, stop announcing changes to it.
   server.server.onclose = stopResources;
   return server;

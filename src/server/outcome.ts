@@ -2,7 +2,7 @@ import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { GateError, describeError } from '../errors.js';
 import { ExecutionResult } from '../migration/result.js';
-import { RiskFinding } from '../migration/risks.js';
+import { RiskFinding } from '../migration/risk-codes.js';
 import type { ApprovalStatus } from '../pipeline.js';
 import { summariseResult } from '../service/result-wording.js';
 

@@ -1,18 +1,18 @@
 import { McpServer, ResourceTemplate } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { SubscribeRequestSchema, UnsubscribeRequestSchema } from '@modelcontextprotocol/sdk/types.js';
-import type { Pipeline } from '../pipeline.js';
+import type { PipelineHandle } from './handle.js';
 
 /**
  * Approvals as MCP resources (`approval://APR-…`, the Markdown file), for clients that show them:
  * the list changes when a request appears (list_changed), and a subscribed approval is announced
  * when its decision or result changes (resources/updated). Returns the function that stops it.
  */
-export function registerApprovalResources(server: McpServer, pipeline: Pipeline): () => void {
+export function registerApprovalResources(server: McpServer, gate: PipelineHandle): () => void {
   server.registerResource(
     'approval',
     new ResourceTemplate('approval://{id}', {
       list: async () => ({
-        resources: (await pipeline.list()).map((a) => ({
+        resources: (await (await gate.pipeline()).list()).map((a) => ({
           uri: `approval://${a.approval_id}`,
           name: a.approval_id,
           title: `${a.approval_id} ${a.status}: ${a.title}`,
@@ -26,7 +26,13 @@ export function registerApprovalResources(server: McpServer, pipeline: Pipeline)
       mimeType: 'text/markdown',
     },
     async (uri, { id }) => ({
-      contents: [{ uri: uri.href, mimeType: 'text/markdown', text: await pipeline.fileText(String(id)) }],
+      contents: [
+        {
+          uri: uri.href,
+          mimeType: 'text/markdown',
+          text: await (await gate.pipeline()).fileText(String(id)),
+        },
+      ],
     }),
   );
   const subscribed = new Set<string>();
@@ -40,13 +46,26 @@ export function registerApprovalResources(server: McpServer, pipeline: Pipeline)
     return {};
   });
   const known = new Set<string>();
-  return pipeline.onChange((id) => {
-    if (!server.isConnected()) return;
-    const uri = `approval://${id}`;
-    if (!known.has(id)) {
-      known.add(id);
-      server.sendResourceListChanged();
-    }
-    if (subscribed.has(uri)) void server.server.sendResourceUpdated({ uri }).catch(() => undefined);
-  });
+  let stopped = false;
+  let stop: () => void = () => undefined;
+  // A pipeline that fails to open has nothing to announce; the server reports that failure itself.
+  void gate.pipeline().then(
+    (pipeline) => {
+      if (stopped) return;
+      stop = pipeline.onChange((id) => {
+        if (!server.isConnected()) return;
+        const uri = `approval://${id}`;
+        if (!known.has(id)) {
+          known.add(id);
+          server.sendResourceListChanged();
+        }
+        if (subscribed.has(uri)) void server.server.sendResourceUpdated({ uri }).catch(() => undefined);
+      });
+    },
+    () => undefined,
+  );
+  return () => {
+    stopped = true;
+    stop();
+  };
 }

@@ -2,7 +2,8 @@ import type { ApprovalRequest } from '../approvals/request.js';
 import type { Config } from '../config.js';
 import { analyseSql, type Analysis } from '../migration/analyse.js';
 import type { RelationFacts } from '../migration/catalog.js';
-import { assessRisks, type RiskFinding } from '../migration/risks.js';
+import type { RiskFinding } from '../migration/risk-codes.js';
+import { assessRisks } from '../migration/risks.js';
 
 /**
  * What a request's statements risk: computed from the parse tree (and from the live catalog where it

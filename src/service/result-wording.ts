@@ -1,6 +1,6 @@
 import type { Decision } from '../approvals/request.js';
 import type { ExecutionResult } from '../migration/result.js';
-import { escapesTransaction, RISK_TITLES, type RiskFinding } from '../migration/risks.js';
+import { escapesTransaction, RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
 
 /**
  * One sentence on what an execution did to the database, for the file and the agent. `findings`

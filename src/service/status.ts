@@ -4,7 +4,7 @@ import type { ApprovalStore } from '../approvals/store.js';
 import { describeError, GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RelationFacts } from '../migration/catalog.js';
-import type { RiskFinding } from '../migration/risks.js';
+import type { RiskFinding } from '../migration/risk-codes.js';
 import type { ChangeFeed } from './changes.js';
 import type { Findings } from './findings.js';
 import type { ExecutionView, Runner } from './runner.js';

@@ -10,7 +10,7 @@ import {
 } from '../../src/approvals/render.js';
 import { hashCommand, type ApprovalRequest, type MigrationCommand } from '../../src/approvals/request.js';
 import { findTampering } from '../../src/approvals/tamper.js';
-import { RISK_TITLES, type RiskFinding } from '../../src/migration/risks.js';
+import { RISK_TITLES, type RiskFinding } from '../../src/migration/risk-codes.js';
 import { sampleCommand, sampleContext, sampleRequest } from '../helpers/requests.js';
 import { decodeEntities, renderedText, SERVER_HEADINGS, terminalView } from '../helpers/views.js';
 

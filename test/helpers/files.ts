@@ -2,11 +2,14 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ApprovalStore } from '../../src/approvals/store.js';
 
-/** Resolves with the path of the first approval file in `dir` not in `seen` (and adds it). */
+/**
+ * Resolves with the path of the first approval file in `dir` not in `seen` (and adds it). The directory
+ * may not exist yet: a stdio server answers `initialize` before its store has opened.
+ */
 export async function nextApprovalFile(dir: string, seen: Set<string>, timeoutMs = 15_000): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    for (const name of await readdir(dir)) {
+    for (const name of await readdir(dir).catch(() => [])) {
       if (ApprovalStore.idOfFileName(name) !== null && !seen.has(name)) {
         seen.add(name);
         return path.join(dir, name);

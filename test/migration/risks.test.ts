@@ -1,14 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
 import {
-  assessRisks,
   escapesTransaction,
   DRY_RUN_REFUSED_CODES,
   OUTSIDE_TRANSACTION_CODES,
   RISK_CODES,
   RISK_TITLES,
   type RiskCode,
-} from '../../src/migration/risks.js';
+} from '../../src/migration/risk-codes.js';
+import { assessRisks } from '../../src/migration/risks.js';
 
 async function codes(sql: string): Promise<RiskCode[]> {
   const { statements } = await analyseSql(sql);

@@ -1,14 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { analyseSql, assertExecutable } from '../../src/migration/analyse.js';
 import {
-  assertDryRunIsDry,
-  assessRisks,
   DRY_RUN_REFUSED_CODES,
   escapesTransaction,
   RISK_TITLES,
   type RiskCode,
   type RiskFinding,
-} from '../../src/migration/risks.js';
+} from '../../src/migration/risk-codes.js';
+import { assertDryRunIsDry, assessRisks } from '../../src/migration/risks.js';
 
 async function findings(sql: string): Promise<RiskFinding[]> {
   const { statements } = await analyseSql(sql);

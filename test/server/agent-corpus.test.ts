@@ -7,7 +7,7 @@ import { parse as parseYaml } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { analyseSql } from '../../src/migration/analyse.js';
-import { DRY_RUN_REFUSED_CODES } from '../../src/migration/risks.js';
+import { DRY_RUN_REFUSED_CODES } from '../../src/migration/risk-codes.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';

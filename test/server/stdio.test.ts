@@ -310,7 +310,10 @@ describe('decisions that take longer than the wait bound', () => {
       migration(`ALTER TABLE ${table} ADD COLUMN too_late int`, { priority: 'low' }),
     );
     expect(first.outcome.status).toBe('PENDING');
-    const expired = await server.call('await_approval', { id: first.outcome.approval_id });
+    // As agents are told: call again while the result is not final (the wait bound is half the expiry).
+    let expired = await server.call('await_approval', { id: first.outcome.approval_id });
+    while (!expired.outcome.final)
+      expired = await server.call('await_approval', { id: first.outcome.approval_id });
     expect(expired.result.isError).toBe(true);
     expect(expired.outcome).toMatchObject({ status: 'EXPIRED', execution: 'not_started', final: true });
     const text = await waitForFileText(first.outcome.file ?? '', (t) => t.includes('## Outcome'));

@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ApprovalId } from '../../approvals/request.js';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 import { waitBounded } from '../wait.js';
 
@@ -38,12 +38,13 @@ function toolConfig(boundSeconds: number) {
   };
 }
 
-export function registerAwaitApprovalTool(server: McpServer, pipeline: Pipeline): void {
+export function registerAwaitApprovalTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool(
     'await_approval',
-    toolConfig(pipeline.config.wait.max_wait_seconds),
+    toolConfig(gate.config.wait.max_wait_seconds),
     async ({ id, max_wait_seconds }, extra) => {
       try {
+        const pipeline = await gate.pipeline();
         return toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra, max_wait_seconds)));
       } catch (error) {
         return toToolResult(outcomeOfRefusal(error));

@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ApprovalId } from '../../approvals/request.js';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 
 const CancelApprovalInput = z.object({
@@ -29,11 +29,12 @@ const config = {
   },
 };
 
-export function registerCancelApprovalTool(server: McpServer, pipeline: Pipeline): void {
+export function registerCancelApprovalTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool('cancel_approval', config, async ({ id, reason }) => {
     try {
+      const pipeline = await gate.pipeline();
       return toToolResult(
-        outcomeOfStatus(await pipeline.cancel(id, { by: pipeline.config.requested_by, reason })),
+        outcomeOfStatus(await pipeline.cancel(id, { by: gate.config.requested_by, reason })),
       );
     } catch (error) {
       return toToolResult(outcomeOfRefusal(error));

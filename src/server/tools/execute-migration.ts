@@ -1,6 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { Config } from '../../config.js';
 import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { MigrationRequestInput } from '../../service/request-input.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 import { waitBounded } from '../wait.js';
@@ -70,10 +71,12 @@ function toolConfig(config: Config) {
   };
 }
 
-export function registerExecuteMigrationTool(server: McpServer, pipeline: Pipeline): void {
-  server.registerTool('execute_migration', toolConfig(pipeline.config), async (input, extra) => {
+export function registerExecuteMigrationTool(server: McpServer, gate: PipelineHandle): void {
+  server.registerTool('execute_migration', toolConfig(gate.config), async (input, extra) => {
+    let pipeline: Pipeline;
     let id: string;
     try {
+      pipeline = await gate.pipeline();
       id = (await pipeline.submit(input)).request.id;
     } catch (error) {
       return toToolResult(outcomeOfRefusal(error));

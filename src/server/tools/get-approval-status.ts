@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ApprovalId } from '../../approvals/request.js';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 
 const GetApprovalStatusInput = z.object({
@@ -22,10 +22,10 @@ const config = {
   },
 };
 
-export function registerGetApprovalStatusTool(server: McpServer, pipeline: Pipeline): void {
+export function registerGetApprovalStatusTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool('get_approval_status', config, async ({ id }) => {
     try {
-      return toToolResult(outcomeOfStatus(await pipeline.status(id)));
+      return toToolResult(outcomeOfStatus(await (await gate.pipeline()).status(id)));
     } catch (error) {
       return toToolResult(outcomeOfRefusal(error));
     }

@@ -1,5 +1,5 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { registerAwaitApprovalTool } from './await-approval.js';
 import { registerCancelApprovalTool } from './cancel-approval.js';
 import { registerListApprovalsTool } from './list-approvals.js';
@@ -7,11 +7,11 @@ import { registerExecuteMigrationTool } from './execute-migration.js';
 import { registerGetApprovalStatusTool } from './get-approval-status.js';
 import { registerRequestRollbackTool } from './request-rollback.js';
 
-export function registerTools(server: McpServer, pipeline: Pipeline): void {
-  registerExecuteMigrationTool(server, pipeline);
-  registerAwaitApprovalTool(server, pipeline);
-  registerGetApprovalStatusTool(server, pipeline);
-  registerRequestRollbackTool(server, pipeline);
-  registerListApprovalsTool(server, pipeline);
-  registerCancelApprovalTool(server, pipeline);
+export function registerTools(server: McpServer, gate: PipelineHandle): void {
+  registerExecuteMigrationTool(server, gate);
+  registerAwaitApprovalTool(server, gate);
+  registerGetApprovalStatusTool(server, gate);
+  registerRequestRollbackTool(server, gate);
+  registerListApprovalsTool(server, gate);
+  registerCancelApprovalTool(server, gate);
 }

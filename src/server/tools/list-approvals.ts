@@ -1,6 +1,6 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 
 const Status = z.enum(['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'VOID', 'CANCELLED']);
 
@@ -41,9 +41,9 @@ const config = {
   },
 };
 
-export function registerListApprovalsTool(server: McpServer, pipeline: Pipeline): void {
+export function registerListApprovalsTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool('list_approvals', config, async ({ status }) => {
-    const approvals = await pipeline.list(status === undefined ? {} : { status });
+    const approvals = await (await gate.pipeline()).list(status === undefined ? {} : { status });
     const structured = { approvals };
     const lines = approvals.map(
       (a) => `${a.approval_id} ${a.status} ${a.execution} ${a.environment}/${a.database}: ${a.title}`,

@@ -1,7 +1,7 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ApprovalId } from '../../approvals/request.js';
-import type { Pipeline } from '../../pipeline.js';
+import type { PipelineHandle } from '../handle.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 
 const RequestRollbackInput = z.object({
@@ -27,11 +27,12 @@ const config = {
   },
 };
 
-export function registerRequestRollbackTool(server: McpServer, pipeline: Pipeline): void {
+export function registerRequestRollbackTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool('request_rollback', config, async ({ id, reason }) => {
     try {
+      const pipeline = await gate.pipeline();
       const { request } = await pipeline.requestRollback(id, {
-        requestedBy: pipeline.config.requested_by,
+        requestedBy: gate.config.requested_by,
         reason,
       });
       return toToolResult(outcomeOfStatus(await pipeline.status(request.id)));
