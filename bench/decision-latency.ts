@@ -4,9 +4,9 @@
  * driven by the MCP SDK client, PGlite database), for both ways editors save a file, and against a
  * polling-only gate, which stands in for the reference format's "Agent checks every 30 seconds".
  *
- *   npm run bench
- *   npm run bench -- --decisions 100 --poll-decisions 20 --poll-interval-ms 500
- *   BENCH_DECISIONS=100 BENCH_POLL_DECISIONS=20 BENCH_POLL_INTERVAL_MS=500 npm run bench
+ *   npm run bench:embedded
+ *   npm run bench:embedded -- --decisions 100 --poll-decisions 20 --poll-interval-ms 500
+ *   BENCH_DECISIONS=100 BENCH_POLL_DECISIONS=20 BENCH_POLL_INTERVAL_MS=500 npm run bench:embedded
  *
  * Exit code: 0 when every decision executed successfully, 1 otherwise, 2 for bad arguments.
  */
