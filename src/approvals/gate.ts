@@ -1,4 +1,4 @@
-import { lstatSync, watch, type BigIntStats, type FSWatcher } from 'node:fs';
+import { watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import { formatTimestamp, type Clock, type TimeZone } from '../time.js';
 import type { AuditLog } from './audit.js';
 import { evaluateDecision, type DecisionVerdict } from './decision.js';
+import { stampFile, unchangedSinceRead, type FileStamp } from './file-stamp.js';
 import type { TrustedSigners } from './signature.js';
 import { checkSignatures, requiredRoles, type SignatureCheck } from './signed-decision.js';
 import { updateFrontMatter } from './frontmatter.js';
@@ -68,54 +69,6 @@ export const MISSING_FILE_GRACE_MS = 2000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
- * What the file looked like when it was last read: enough to tell, with one lstat and without
- * reading it, that it has not changed since (a save writes new content or times, a rename-save
- * brings a new inode). `none`: missing or not stat-able, which never proves anything.
- */
-export type FileStamp =
-  | {
-      readonly kind: 'file';
-      readonly ino: bigint;
-      readonly size: bigint;
-      readonly mtimeNs: bigint;
-      readonly ctimeNs: bigint;
-    }
-  | { readonly kind: 'none' };
-
-export function stampOf(stats: BigIntStats | null): FileStamp {
-  return stats === null
-    ? { kind: 'none' }
-    : { kind: 'file', ino: stats.ino, size: stats.size, mtimeNs: stats.mtimeNs, ctimeNs: stats.ctimeNs };
-}
-
-/**
- * A file changed within this long before it was read may change again with the same size and the
- * same times (file times tick in jiffies locally, in seconds or worse on some file systems), so its
- * stamp proves nothing yet: it is read once more on the next re-check.
- */
-export const RACY_STAMP_MS = 2000;
-
-/**
- * True when `now` proves the file is the one read at `readAtMs` (wall clock, as file times are):
- * the same inode, size and times, and those times were already old enough at the read.
- */
-export function unchangedSinceRead(
-  read: { readonly stamp: FileStamp; readonly readAtMs: number },
-  now: FileStamp,
-): boolean {
-  const was = read.stamp;
-  if (was.kind !== 'file' || now.kind !== 'file') return false;
-  const racy = Number(was.mtimeNs / 1_000_000n) >= read.readAtMs - RACY_STAMP_MS;
-  return (
-    !racy &&
-    was.ino === now.ino &&
-    was.size === now.size &&
-    was.mtimeNs === now.mtimeNs &&
-    was.ctimeNs === now.ctimeNs
-  );
-}
-
-/**
  * Without file-system events (network file systems), a stat can be answered from an attribute cache
  * for up to a minute (NFS acregmax): each pending file is then also read in full about this often,
  * a slice of them per re-check.
@@ -174,7 +127,8 @@ export class Gate {
         const id = name === null ? null : ApprovalStore.idOfFileName(name.toString());
         if (id === null) return;
         if (this.#tracked.has(id)) void this.check(id);
-        else void this.#inspectUntracked(id);
+        // The echo of the server's own write (execution fields, the Outcome) is nobody's decision.
+        else if (!this.#options.store.isOwnWrite(id)) void this.#inspectUntracked(id);
       });
       this.#watcher.on('error', (error) =>
         log.error({ err: error.message }, 'approvals directory watcher failed'),
@@ -231,14 +185,7 @@ export class Gate {
   }
 
   #stamp(id: string): FileStamp {
-    try {
-      return stampOf(
-        lstatSync(this.#options.store.filePath(id), { bigint: true, throwIfNoEntry: false }) ?? null,
-      );
-    } catch {
-      // Not stat-able (permissions, I/O): proves nothing, so the file is read.
-      return stampOf(null);
-    }
+    return stampFile(this.#options.store.filePath(id));
   }
 
   /**

@@ -1,20 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import {
-  link,
-  lstat,
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  rename,
-  unlink,
-  writeFile,
-  chmod,
-} from 'node:fs/promises';
+import { constants, renameSync } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, readFile, unlink, writeFile, chmod } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { GateError } from '../errors.js';
+import { sameStamp, stampFile, type FileStamp } from './file-stamp.js';
 import { decodeUtf8, MAX_FILE_BYTES, parseApprovalText, type ParsedApprovalFile } from './frontmatter.js';
 import { ApprovalRequest, APPROVAL_ID_PATTERN, Decision, hashCommand } from './request.js';
 
@@ -82,6 +72,8 @@ export class ApprovalStore {
   readonly installation: string;
   readonly #records: string;
   readonly #decisions: string;
+  /** The stamp of each approval file as this store last wrote it (see isOwnWrite). */
+  readonly #written = new Map<string, FileStamp>();
   /** Claims of rollback requests, one per rollback generation of an executed request. */
   readonly #rollbacks: string;
   /** Outcomes no ledger row records: an execution that never started, or whose end is unknown. */
@@ -280,6 +272,20 @@ export class ApprovalStore {
 
   /** Reads the approval file as data: regular files only (no symlinks), size-capped, strict UTF-8. */
   async readApprovalFile(id: string): Promise<ApprovalFileRead> {
+    const read = await this.#readApprovalText(id);
+    if (read.kind !== 'ok') return read;
+    try {
+      return { kind: 'ok', text: read.text, parsed: parseApprovalText(read.text) };
+    } catch (error) {
+      if (error instanceof GateError) return { kind: 'unreadable', error };
+      throw error;
+    }
+  }
+
+  /** The approval file's text, read as readApprovalFile reads it, without parsing it. */
+  async #readApprovalText(
+    id: string,
+  ): Promise<{ readonly kind: 'ok'; readonly text: string } | Exclude<ApprovalFileRead, { kind: 'ok' }>> {
     const file = this.filePath(id);
     try {
       const stat = await lstat(file);
@@ -328,8 +334,7 @@ export class ApprovalStore {
           error: new GateError('FILE_EMPTY', `${id}.md is empty (a save in progress?).`),
         };
       }
-      const text = decodeUtf8(bytes);
-      return { kind: 'ok', text, parsed: parseApprovalText(text) };
+      return { kind: 'ok', text: decodeUtf8(bytes) };
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return { kind: 'missing' };
@@ -355,19 +360,32 @@ export class ApprovalStore {
   async updateApprovalFile(id: string, change: (text: string) => string): Promise<boolean> {
     const file = this.filePath(id);
     for (let attempt = 0; attempt < 5; attempt += 1) {
-      const before = await this.readApprovalFile(id);
+      const before = await this.#readApprovalText(id);
       if (before.kind !== 'ok') return false;
       const after = change(before.text);
       if (after === before.text) return true;
       const temp = tempName(file);
       await writeFile(temp, after, { mode: 0o644, flag: 'wx' });
-      const current = await this.readApprovalFile(id);
+      const current = await this.#readApprovalText(id);
       if (current.kind === 'ok' && current.text === before.text) {
-        await rename(temp, file);
+        // Synchronous, so that the watcher's event for this rename cannot be handled before the
+        // stamp is recorded: it must find the echo of this write (isOwnWrite), not a human's save.
+        renameSync(temp, file);
+        this.#written.set(id, stampFile(file));
         return true;
       }
       await unlink(temp).catch(() => undefined);
     }
     throw new GateError('FILE_BUSY', `${id}.md kept changing while the server tried to update it.`);
+  }
+
+  /**
+   * True when the approval file is, by one lstat, the one this store last wrote: a file-system event
+   * for it is the echo of our own write, not a human's save (whose save brings new times or a new
+   * inode). Never true for a file this store has not written.
+   */
+  isOwnWrite(id: string): boolean {
+    const written = this.#written.get(id);
+    return written !== undefined && sameStamp(written, stampFile(this.filePath(id)));
   }
 }

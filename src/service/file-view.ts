@@ -14,14 +14,33 @@ import type { Logger } from '../log.js';
 export class FileView {
   readonly #store: ApprovalStore;
   readonly #log: Logger;
+  /** The last write queued for each file: writes to one file land in the order they were asked for. */
+  readonly #queued = new Map<string, Promise<void>>();
 
   constructor(store: ApprovalStore, log: Logger) {
     this.#store = store;
     this.#log = log;
   }
 
-  /** Sets front matter `fields` and, with `outcome`, shows the decision and appends the Outcome once. */
-  async write(id: string, fields: Record<string, FrontMatterValue>, outcome?: OutcomeSection): Promise<void> {
+  /**
+   * Sets front matter `fields` and, with `outcome`, shows the decision and appends the Outcome once.
+   * Queued behind earlier writes to the same file, so a caller need not wait for one (the "running"
+   * fields) before the next (the outcome) can be asked for. Never rejects: a failed write is logged.
+   */
+  write(id: string, fields: Record<string, FrontMatterValue>, outcome?: OutcomeSection): Promise<void> {
+    const written = (this.#queued.get(id) ?? Promise.resolve()).then(() => this.#write(id, fields, outcome));
+    this.#queued.set(id, written);
+    void written.then(() => {
+      if (this.#queued.get(id) === written) this.#queued.delete(id);
+    });
+    return written;
+  }
+
+  async #write(
+    id: string,
+    fields: Record<string, FrontMatterValue>,
+    outcome?: OutcomeSection,
+  ): Promise<void> {
     try {
       const written = await this.#store.updateApprovalFile(id, (text) => {
         const updated = updateFrontMatter(text, fields);

@@ -247,7 +247,8 @@ export class Runner {
     const { config, view, log } = this.#o;
     this.#active.set(id, 'starting');
     this.#changed(id);
-    await view.write(id, {
+    // Not waited for: the file is a view, and the outcome's write is queued behind this one.
+    void view.write(id, {
       gate_error: undefined,
       // A decision the policy made (no human): the file's status says it, like the body will.
       ...(decision.decided_by === null ? { status: decision.status } : {}),

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { AuditLog } from '../../src/approvals/audit.js';
-import { Gate, RACY_STAMP_MS, unchangedSinceRead, type FileStamp } from '../../src/approvals/gate.js';
+import { RACY_STAMP_MS, unchangedSinceRead, type FileStamp } from '../../src/approvals/file-stamp.js';
+import { Gate } from '../../src/approvals/gate.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import type { ApprovalRequest, Decision } from '../../src/approvals/request.js';
@@ -139,6 +140,24 @@ describe('gate', () => {
       status: 'REJECTED',
       decided_by: 'Dana',
     });
+    h.gate.stop();
+  });
+
+  it('reads a decided file again when a human edits it, not when the server rewrote it itself', async () => {
+    const h = await harness();
+    await decideInFile(h.file, { status: 'REJECTED', decidedBy: 'Dana', reason: 'No' });
+    await h.decided;
+    await settle();
+    const reads = vi.spyOn(h.store, 'readApprovalFile');
+    // The server shows the outcome: the echo of that write is nobody's decision.
+    await h.store.updateApprovalFile(h.request.id, (text) => `${text}\n## Outcome\n\nRejected.\n`);
+    await settle();
+    expect(reads).not.toHaveBeenCalled();
+    // A human's edit afterwards is read (and, contradicting the decision, ignored).
+    await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Eve' });
+    await settle();
+    expect(reads).toHaveBeenCalled();
+    expect(h.decisions).toHaveLength(1);
     h.gate.stop();
   });
 

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, symlink, writeFile, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, symlink, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -111,5 +111,29 @@ describe('security: reading approval files', () => {
       kind: 'unreadable',
       error: { code: 'FILE_ENCODING' },
     });
+  });
+});
+
+describe('own writes', () => {
+  it('knows the approval file it last wrote itself, and no longer once anyone else saves it', async () => {
+    const { store } = await freshStore();
+    const request = await store.create(draft, render);
+    const file = store.filePath(request.id);
+    // A file the store never rewrote is never its own write: the gate must read it.
+    expect(store.isOwnWrite(request.id)).toBe(false);
+    await store.updateApprovalFile(request.id, (text) =>
+      text.replace('status: "PENDING"', 'status: "EXPIRED"'),
+    );
+    expect(store.isOwnWrite(request.id)).toBe(true);
+    // A human's in-place save (same inode, new content and times).
+    await writeFile(file, `${await readFile(file, 'utf8')}\nA note from a reviewer.\n`);
+    expect(store.isOwnWrite(request.id)).toBe(false);
+    await store.updateApprovalFile(request.id, (text) => text.replace('A note from a reviewer.', 'A note.'));
+    expect(store.isOwnWrite(request.id)).toBe(true);
+    // A rename-save of identical bytes: a new inode.
+    const text = await readFile(file, 'utf8');
+    await writeFile(`${file}.tmp`, text);
+    await rename(`${file}.tmp`, file);
+    expect(store.isOwnWrite(request.id)).toBe(false);
   });
 });
