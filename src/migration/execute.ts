@@ -278,6 +278,14 @@ export class Executor {
     return `"${this.#options.ledgerSchema}".ledger_steps`;
   }
 
+  /** The limits every statement of a job runs under, as set_config values. */
+  #timeouts(): { lock_timeout: string; statement_timeout: string } {
+    return {
+      lock_timeout: `${this.#options.lockTimeoutMs}ms`,
+      statement_timeout: `${this.#options.statementTimeoutMs}ms`,
+    };
+  }
+
   /** Creates or upgrades the gate's own tables (migrations/), once per process. */
   prepare(): Promise<void> {
     const schema = this.#options.ledgerSchema;
@@ -589,11 +597,7 @@ export class Executor {
     const start = performance.now();
     await session.query('savepoint gate_migration');
     // Local to the savepoint: they bind the migration's statements, and roll back with them.
-    await session.query(
-      `select pg_catalog.set_config('lock_timeout', $1, true), pg_catalog.set_config('statement_timeout', $2, true)`,
-      [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
-    );
-    let watched = await readWatchedSettings(session);
+    let watched = await readWatchedSettings(session, this.#timeouts(), { local: true });
     const statements: StatementOutcome[] = [];
     const backup = await this.#backUp(session, job);
     let error: ExecutionError | null = backup.error;
@@ -630,7 +634,7 @@ export class Executor {
     } else {
       await session.query('release savepoint gate_migration');
       // The statements are done; the gate writes its ledger row as the session user.
-      await session.query('reset role');
+      if (watched.current_user !== watched.session_user) await session.query('reset role');
     }
     const result: ExecutionResult = {
       state: error !== null ? 'failed' : job.dryRun ? 'rolled_back' : 'succeeded',
@@ -793,11 +797,7 @@ export class Executor {
     });
     const statements: StatementOutcome[] = [];
     // Session-wide: each statement is its own transaction. withJobSession discards them afterwards.
-    await session.query(
-      `select pg_catalog.set_config('lock_timeout', $1, false), pg_catalog.set_config('statement_timeout', $2, false)`,
-      [`${this.#options.lockTimeoutMs}ms`, `${this.#options.statementTimeoutMs}ms`],
-    );
-    let watched = await readWatchedSettings(session);
+    let watched = await readWatchedSettings(session, this.#timeouts(), { local: false });
     if (watched.session_user !== baseline.session_user) {
       throw new GateError('SESSION_NOT_CLEAN', 'The session changed identity before the first statement.');
     }

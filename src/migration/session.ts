@@ -34,34 +34,52 @@ export interface WatchedSettings {
   readonly idle_in_transaction_session_timeout: string;
   /** The session's authenticated identity; SET SESSION AUTHORIZATION would change it. */
   readonly session_user: string;
+  /** The role statements run as: SET ROLE changes it (allowed, and confined to the job). */
+  readonly current_user: string;
 }
 
-// Schema-qualified, so that a search_path set by the migration cannot redirect the gate's own reads.
-const WATCHED_SQL = `select pg_catalog.current_setting('standard_conforming_strings') as standard_conforming_strings,
-  pg_catalog.current_setting('client_encoding') as client_encoding,
-  pg_catalog.current_setting('lock_timeout') as lock_timeout,
-  pg_catalog.current_setting('statement_timeout') as statement_timeout,
-  pg_catalog.current_setting('idle_in_transaction_session_timeout') as idle_in_transaction_session_timeout,
-  session_user as session_user,
-  current_user as current_user`;
+/** The watched settings that are run-time parameters (current_setting / set_config). */
+const PARAMETERS = [
+  'standard_conforming_strings',
+  'client_encoding',
+  'lock_timeout',
+  'statement_timeout',
+  'idle_in_transaction_session_timeout',
+] as const;
 
-export async function readWatchedSettings(session: SqlSession): Promise<WatchedSettings> {
-  return (await readSession(session)).settings;
-}
+type Parameter = (typeof PARAMETERS)[number];
 
-async function readSession(session: SqlSession): Promise<{ settings: WatchedSettings; role: string }> {
-  const row = (await session.query(WATCHED_SQL)).rows[0] ?? {};
-  const text = (key: keyof WatchedSettings | 'current_user') => String(row[key] ?? '');
+/**
+ * Reads the watched settings in one round trip, setting `set` first in the same query (for the
+ * transaction only when `local`): a parameter that is set is read from set_config's own answer, its
+ * new value. Schema-qualified, so that a search_path set by the migration cannot redirect the read.
+ */
+export async function readWatchedSettings(
+  session: SqlSession,
+  set: Readonly<Partial<Record<Parameter, string>>> = {},
+  { local }: { readonly local: boolean } = { local: false },
+): Promise<WatchedSettings> {
+  const values: string[] = [];
+  const columns = PARAMETERS.map((name) => {
+    const value = set[name];
+    if (value === undefined) return `pg_catalog.current_setting('${name}') as ${name}`;
+    values.push(value);
+    return `pg_catalog.set_config('${name}', $${values.length}, ${local}) as ${name}`;
+  });
+  const { rows } = await session.query(
+    `select ${columns.join(', ')}, session_user as session_user, current_user as current_user`,
+    values,
+  );
+  const row = rows[0] ?? {};
+  const text = (key: keyof WatchedSettings) => String(row[key] ?? '');
   return {
-    settings: {
-      standard_conforming_strings: text('standard_conforming_strings'),
-      client_encoding: text('client_encoding'),
-      lock_timeout: text('lock_timeout'),
-      statement_timeout: text('statement_timeout'),
-      idle_in_transaction_session_timeout: text('idle_in_transaction_session_timeout'),
-      session_user: text('session_user'),
-    },
-    role: text('current_user'),
+    standard_conforming_strings: text('standard_conforming_strings'),
+    client_encoding: text('client_encoding'),
+    lock_timeout: text('lock_timeout'),
+    statement_timeout: text('statement_timeout'),
+    idle_in_transaction_session_timeout: text('idle_in_transaction_session_timeout'),
+    session_user: text('session_user'),
+    current_user: text('current_user'),
   };
 }
 
@@ -101,16 +119,11 @@ export function settingsBreach(
 /** Puts a pooled session into the state every job starts from, and checks that it is there. */
 async function resetSession(session: SqlSession): Promise<WatchedSettings> {
   await session.query('discard all');
-  await session.query(
-    `select pg_catalog.set_config('standard_conforming_strings', $1, false),
-            pg_catalog.set_config('client_encoding', $2, false)`,
-    [LEXER_SETTINGS.standard_conforming_strings, LEXER_SETTINGS.client_encoding],
-  );
-  const { settings, role } = await readSession(session);
+  const settings = await readWatchedSettings(session, LEXER_SETTINGS);
   const wrong = Object.entries(LEXER_SETTINGS).find(
     ([name, value]) => settings[name as keyof typeof LEXER_SETTINGS] !== value,
   );
-  if (wrong || role !== settings.session_user) {
+  if (wrong || settings.current_user !== settings.session_user) {
     throw new GateError(
       'SESSION_NOT_CLEAN',
       `The database session could not be put into a known state before the job (${

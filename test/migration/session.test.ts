@@ -197,6 +197,7 @@ describe('the settings guard, as a pure rule', () => {
     statement_timeout: '10min',
     idle_in_transaction_session_timeout: '0',
     session_user: 'gate',
+    current_user: 'gate',
   };
   it('never lets the lexer settings or the session user change, flagged or not', () => {
     for (const change of [
