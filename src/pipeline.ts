@@ -77,7 +77,7 @@ export class Pipeline {
       env,
       targets: this.#targets,
       findings: this.#findings,
-      view: new FileView(store, log),
+      view: new FileView(store, log, this.#changes),
       changes: this.#changes,
     });
     this.#gate = new Gate({

@@ -77,6 +77,8 @@ export function paragraphLinesUnder(body: string, heading: string): string[] | n
  * server skip writing the outcome, or skip resuming an approved request after a restart.
  */
 export function hasOutcomeMarker(text: string, marker: string): boolean {
+  // Without the marker's text anywhere there is nothing to parse for.
+  if (!text.includes(marker)) return false;
   const body = splitFrontMatter(text)?.body ?? text;
   return parseBlocks(body).some((token) => token.type === 'html_block' && token.content.trim() === marker);
 }

@@ -52,8 +52,9 @@ export function registerApprovalResources(server: McpServer, gate: PipelineHandl
   void gate.pipeline().then(
     (pipeline) => {
       if (stopped) return;
-      stop = pipeline.onChange((id) => {
-        if (!server.isConnected()) return;
+      stop = pipeline.onChange((id, change) => {
+        // The resource is the file: its execution events change it only once shown ('shown').
+        if (!server.isConnected() || change.kind === 'execution') return;
         const uri = `approval://${id}`;
         if (!known.has(id)) {
           known.add(id);

@@ -5,7 +5,9 @@ export type ChangeKind =
   /** The gate recorded a decision, or found a problem with the file. */
   | 'decided'
   /** Execution was queued, started, made progress, or ended. */
-  | 'execution';
+  | 'execution'
+  /** The server rewrote the approval file, its view of the request (execution fields, the Outcome). */
+  | 'shown';
 
 export interface Change {
   readonly id: string;
@@ -15,8 +17,9 @@ export interface Change {
 type Listener = (change: Change) => void;
 
 /**
- * The pipeline's change notifications, typed. Waiting tool calls listen to one request, MCP resource
- * subscriptions to all. Plain sets instead of an EventEmitter: no listener ceiling to raise (and so no
+ * The pipeline's change notifications, typed. Waiting tool calls listen to one request and read the
+ * server's model; MCP resource subscriptions listen to all and read the file, so they follow what
+ * changes the file ('requested', 'decided', 'shown'), not 'execution'. Plain sets instead of an EventEmitter: no listener ceiling to raise (and so no
  * warning hidden), and `listeners` tells tests and shutdown how many are still attached.
  */
 export class ChangeFeed {

@@ -5,6 +5,7 @@ import { hasOutcomeMarker } from '../approvals/sections.js';
 import type { ApprovalStore } from '../approvals/store.js';
 import { describeError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { ChangeFeed } from './changes.js';
 
 /**
  * The approval file as a view of the server's model: the runner writes execution fields and the
@@ -14,12 +15,14 @@ import type { Logger } from '../log.js';
 export class FileView {
   readonly #store: ApprovalStore;
   readonly #log: Logger;
+  readonly #changes: ChangeFeed;
   /** The last write queued for each file: writes to one file land in the order they were asked for. */
   readonly #queued = new Map<string, Promise<void>>();
 
-  constructor(store: ApprovalStore, log: Logger) {
+  constructor(store: ApprovalStore, log: Logger, changes: ChangeFeed) {
     this.#store = store;
     this.#log = log;
+    this.#changes = changes;
   }
 
   /**
@@ -50,7 +53,8 @@ export class FileView {
           ? shown
           : `${shown.replace(/\n*$/, '\n')}${renderOutcomeSection(outcome)}`;
       });
-      if (!written)
+      if (written) this.#changes.emit({ id, kind: 'shown' });
+      else
         this.#log.warn({ approval_id: id }, 'approval file missing or unreadable; outcome not written to it');
     } catch (error) {
       this.#log.error(

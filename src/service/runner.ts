@@ -428,6 +428,9 @@ export class Runner {
       request_hash: request.request_hash,
       detail: message,
     });
+    // Told once recorded: whoever is woken reads the outcome from the record, not from the file, which
+    // shows it next (and says so to its own readers, see FileView).
+    this.#changed(id);
     await this.#o.view.write(
       id,
       { execution: outcome.execution, execution_error: message },
@@ -437,8 +440,6 @@ export class Runner {
         details: [`Error: ${message}`],
       },
     );
-    // Told last: whoever is woken finds the outcome recorded and the file showing it.
-    this.#changed(id);
   }
 
   /** The job ended with a result the ledger holds: recorded as final, then told, then shown. */
@@ -486,6 +487,8 @@ export class Runner {
       request_hash: request.request_hash,
       detail: `${result.state} in ${result.duration_ms} ms by ${result.executed_by}${result.error ? `: ${result.error.message}` : ''}`,
     });
+    // Told once recorded, then shown (see #endedWithout).
+    this.#changed(id);
     const findings = await this.#o.findings.of(request);
     await this.#o.view.write(
       id,
@@ -499,7 +502,6 @@ export class Runner {
       },
       { decision, summary: summariseResult(result, findings), details: executionDetails(result, decision) },
     );
-    this.#changed(id);
   }
 }
 

@@ -167,7 +167,10 @@ export class StatusReader {
           resolve();
         };
         const timer = setTimeout(done, Math.min(left, options.tickMs));
-        const stop = this.#o.changes.watch(id, done);
+        // The model changed; a rewrite of the file ('shown') tells a waiter nothing new.
+        const stop = this.#o.changes.watch(id, (change) => {
+          if (change.kind !== 'shown') done();
+        });
         options.signal?.addEventListener('abort', done);
       });
       status = await this.status(id);

@@ -6,6 +6,7 @@ import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import { ApprovalStore } from '../../src/approvals/store.js';
 import { silentLogger } from '../../src/log.js';
+import { ChangeFeed } from '../../src/service/changes.js';
 import { FileView } from '../../src/service/file-view.js';
 import { sampleContext, sampleRequest } from '../helpers/requests.js';
 
@@ -23,11 +24,15 @@ describe('the approval file as a view', () => {
       if (calls === 1) await new Promise((resolve) => setTimeout(resolve, 200));
       return update(id, change);
     });
-    const view = new FileView(store, silentLogger);
+    const changes = new ChangeFeed();
+    const shown: string[] = [];
+    changes.subscribe((change) => shown.push(`${change.id} ${change.kind}`));
+    const view = new FileView(store, silentLogger, changes);
     const running = view.write(request.id, { execution: 'running' });
     await view.write(request.id, { execution: 'succeeded', execution_duration_ms: 7 });
     await running;
     const data = parseApprovalText(await readFile(store.filePath(request.id), 'utf8')).data;
     expect(data).toMatchObject({ execution: 'succeeded', execution_duration_ms: 7 });
+    expect(shown).toEqual([`${request.id} shown`, `${request.id} shown`]);
   });
 });

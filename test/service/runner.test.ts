@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -172,3 +172,34 @@ async function waitFor(condition: () => Promise<boolean>, timeoutMs = 10_000): P
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+describe('told from the record, shown in the file', () => {
+  it('wakes waiters once the outcome is recorded, and tells file readers once the file shows it', async () => {
+    const ws = await workspace();
+    const gate = await Pipeline.open(ws.config, { log: silentLogger, env });
+    try {
+      const { request } = await gate.submit(migration('SELECT 1', 'Told, then shown'));
+      const file = gate.filePath(request.id);
+      // What a resource subscriber reads each time it is told the file changed.
+      const shownTexts: Promise<string>[] = [];
+      const stop = gate.onChange((id, change) => {
+        if (id === request.id && change.kind === 'shown') shownTexts.push(readFile(file, 'utf8'));
+      });
+      try {
+        await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+        const final = await gate.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 60_000 });
+        expect(final).toMatchObject({ final: true, execution: 'succeeded' });
+        await waitForFileText(file, (text) => text.includes('## Outcome'));
+        await gate.notificationsSettled();
+        const texts = await Promise.all(shownTexts);
+        // The running fields, then the outcome: each announced after it was in the file.
+        expect(texts.some((text) => text.includes('execution: "running"'))).toBe(true);
+        expect(texts.at(-1)).toContain('## Outcome');
+      } finally {
+        stop();
+      }
+    } finally {
+      await gate.close();
+    }
+  });
+});
