@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { gateMigrationSource } from '../../migrations/index.js';
+import { GATE_MIGRATION_NAMES, gateMigrationSource } from '../../migrations/index.js';
 import { withAdvisoryLock, withTransaction, type Database, type SqlSession } from '../db/index.js';
 import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
@@ -245,6 +245,17 @@ function totalRows(statements: readonly StatementOutcome[]): number | null {
 const json = (value: unknown) => (typeof value === 'string' ? (JSON.parse(value) as unknown) : value);
 const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : String(value));
 
+/** The gate migrations knex has recorded as applied in `schema` (none before the first). */
+async function appliedMigrations(session: SqlSession, schema: string): Promise<Set<string>> {
+  const table = `"${schema}".knex_migrations`;
+  const { rows: present } = await session.query('select pg_catalog.to_regclass($1) is not null as present', [
+    table,
+  ]);
+  if (present[0]?.present !== true) return new Set();
+  const { rows } = await session.query(`select name from ${table}`);
+  return new Set(rows.map((row) => String(row.name)));
+}
+
 /**
  * Runs approved migrations at most once, even across crashes and instances.
  *
@@ -291,17 +302,22 @@ export class Executor {
     const schema = this.#options.ledgerSchema;
     this.#prepared ??= this.#database
       // First contact goes through withClient: no connection at all is DATABASE_UNREACHABLE.
-      .withClient((session) => session.query(`create schema if not exists "${schema}"`))
-      .then(() =>
-        this.#database.withKnex((knex) =>
+      .withClient(async (session) => {
+        await session.query(`create schema if not exists "${schema}"`);
+        return appliedMigrations(session, schema);
+      })
+      .then(async (applied) => {
+        // knex (and its migration lock) only when there is something to migrate: a gate whose ledger
+        // is up to date never loads it.
+        if (GATE_MIGRATION_NAMES.every((name) => applied.has(name))) return;
+        await this.#database.withKnex((knex) =>
           knex.migrate.latest({
             migrationSource: gateMigrationSource(schema),
             schemaName: schema,
             tableName: 'knex_migrations',
           }),
-        ),
-      )
-      .then(() => undefined)
+        );
+      })
       .catch((error: unknown) => {
         this.#prepared = null;
         // Not the ledger's fault: the caller reports (or waits out) these as they are.

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
 import { Executor, retryDelayMs, type MigrationJob } from '../../src/migration/execute.js';
 import type { ExecutionResult } from '../../src/migration/result.js';
@@ -40,6 +40,31 @@ afterAll(async () => {
 });
 
 describe('executor on the real Postgres server', () => {
+  it('migrates its ledger with knex only when a migration is missing', async () => {
+    await executor.prepare();
+    // A second process on the same, up-to-date ledger never loads knex.
+    const other = openTestDatabase();
+    try {
+      const withKnex = vi.spyOn(other, 'withKnex');
+      await new Executor(other, { ledgerSchema, lockTimeoutMs: 300, statementTimeoutMs: 5000 }).prepare();
+      expect(withKnex).not.toHaveBeenCalled();
+      // A new ledger schema is migrated.
+      const fresh = uniqueName('gate_exec_fresh');
+      try {
+        await new Executor(other, {
+          ledgerSchema: fresh,
+          lockTimeoutMs: 300,
+          statementTimeoutMs: 5000,
+        }).prepare();
+        expect(withKnex).toHaveBeenCalledTimes(1);
+      } finally {
+        await knex.raw('drop schema if exists ?? cascade', [fresh]);
+      }
+    } finally {
+      await other.close();
+    }
+  });
+
   it('runs a migration in one transaction and records it in the ledger', async () => {
     const result = await resultOf(
       executor,
