@@ -41,6 +41,8 @@ const TARGET = {
 
 /** The agent's execute_migration call waits this long for the decision and the result. */
 const MAX_WAIT_SECONDS = 60;
+/** Quiet time after the pending server is filled before its resident memory is read. */
+const SETTLE_MS = 40_000;
 /** Requests in flight while the pending server is filled. */
 const FILL_CONCURRENCY = 8;
 
@@ -175,15 +177,18 @@ async function main(): Promise<number> {
       FILL_CONCURRENCY,
     );
     // Whatever the requests left behind settles; then at least one full safety-net recheck period.
+    const filled = performance.now();
     await sleep(6000);
-    const [pendingRss, emptyRss] = await Promise.all([
-      residentMb(pending.server.pid),
-      residentMb(empty.server.pid),
-    ]);
+    const rssOf = (gate: Gate) => residentMb(gate.server.pid);
+    const [pendingRssEarly, emptyRssEarly] = await Promise.all([rssOf(pending), rssOf(empty)]);
     const [pendingCpu, emptyCpu] = (await idleCpuPercent(
       [pending.server.pid, empty.server.pid],
       options.idleSeconds * 1000,
     )) as [number, number];
+    // What the server holds while it waits for humans: V8 gives back the garbage of the burst of
+    // requests only once allocation has been quiet for a while (its memory reducer, some 10–30 s).
+    await sleep(Math.max(0, SETTLE_MS - (performance.now() - filled)));
+    const [pendingRss, emptyRss] = await Promise.all([rssOf(pending), rssOf(empty)]);
     const paired = await pairedDecisions(empty, pending, schema, options.paired);
 
     // The figures.
@@ -217,7 +222,7 @@ async function main(): Promise<number> {
         met: p99 <= TARGET.p99Ms,
       },
       {
-        name: `RSS with ${options.pending} pending`,
+        name: `RSS with ${options.pending} pending, settled`,
         ours: mb(pendingRss),
         floor: `${mb(emptyRss)} (empty gate)`,
         ratio: times(pendingRss / emptyRss),
@@ -294,7 +299,9 @@ async function main(): Promise<number> {
       `  Percentiles are nearest-rank (with fewer than 100 samples p99 is the slowest). Warm-up decision ` +
         `(excluded): ${latency.warmUpMs === null ? 'failed' : ms(latency.warmUpMs)}. Startup: median of ` +
         `per-pair ratios ${times(median(startup.pairRatios))}. ${options.pending} pending made in ` +
-        `${(fillMs / 1000).toFixed(1)} s through execute_migration.`,
+        `${(fillMs / 1000).toFixed(1)} s through execute_migration. RSS 6 s after the last request: ` +
+        `${mb(pendingRssEarly)} (empty gate ${mb(emptyRssEarly)}); settled, ${SETTLE_MS / 1000} s after: ` +
+        `${mb(pendingRss)} (empty gate ${mb(emptyRss)}).`,
     );
 
     const failures = [...latency.failures, ...paired.failures];

@@ -59,12 +59,12 @@ program
   )
   .action(async (options: { config: string; http?: boolean; host?: string; port?: number }) => {
     const config = loadConfig(options.config);
-    const log = createLogger();
     if (!options.http) {
       const { serveStdio } = await import('./server/stdio.js');
-      await serveStdio(config, log);
+      await serveStdio(config, () => createLogger());
       return;
     }
+    const log = createLogger();
     const { serveHttp } = await import('./server/http.js');
     const handle = await serveHttp(config, log, {
       ...(options.host !== undefined ? { host: options.host } : {}),

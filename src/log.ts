@@ -1,7 +1,15 @@
 import { Console } from 'node:console';
-import { pino, type Logger } from 'pino';
+import { createRequire } from 'node:module';
+import type { Logger } from 'pino';
 
 export type { Logger };
+
+/**
+ * pino, loaded with the first logger (it is CommonJS, so `require` keeps createLogger synchronous):
+ * a stdio server answers `initialize` before it writes its first log line.
+ */
+const requirePino = (): typeof import('pino') =>
+  createRequire(import.meta.url)('pino') as typeof import('pino');
 
 /**
  * Structured logs, always to stderr: in stdio mode stdout is the MCP protocol channel. Connection
@@ -9,6 +17,7 @@ export type { Logger };
  * logged by message only.
  */
 export function createLogger(level: string = process.env.APPROVAL_GATE_LOG_LEVEL ?? 'info'): Logger {
+  const { pino } = requirePino();
   return pino(
     {
       level,
@@ -21,9 +30,6 @@ export function createLogger(level: string = process.env.APPROVAL_GATE_LOG_LEVEL
     pino.destination({ dest: 2, sync: true }),
   );
 }
-
-/** A logger that drops everything, for tests that do not look at logs. */
-export const silentLogger: Logger = pino({ level: 'silent' });
 
 /** The console methods that write to stdout, plus the ones sharing their state (timers, counters, groups). */
 const STDOUT_CONSOLE_METHODS = [

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../src/approvals/human-edit.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from './helpers/log.js';
 import { Pipeline } from '../src/pipeline.js';
 import { createWorkspace } from './helpers/workspace.js';
 

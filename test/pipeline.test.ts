@@ -3,7 +3,7 @@ import { connect, createServer as createNetServer, type AddressInfo, type Socket
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from './helpers/log.js';
 import { Pipeline } from '../src/pipeline.js';
 import { outcomeOfRefusal } from '../src/server/outcome.js';
 import { readFile, stat } from 'node:fs/promises';

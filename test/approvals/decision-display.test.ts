@@ -6,7 +6,7 @@ import { parseApprovalText, updateFrontMatter } from '../../src/approvals/frontm
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { PLACEHOLDERS, renderApprovalFile } from '../../src/approvals/render.js';
 import type { Decision } from '../../src/approvals/request.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
 import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';

@@ -9,7 +9,7 @@ import { decideInFile } from '../../src/approvals/human-edit.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import type { ApprovalRequest, Decision } from '../../src/approvals/request.js';
 import { ApprovalStore } from '../../src/approvals/store.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { formatTimestamp } from '../../src/time.js';
 import { sampleContext, sampleRequest } from '../helpers/requests.js';
 

@@ -7,7 +7,7 @@ import { updateFrontMatter, type FrontMatterValue } from '../../src/approvals/fr
 import { saveAs } from '../../src/approvals/human-edit.js';
 import { RESULT_MARKER } from '../../src/approvals/render.js';
 import { hashCommand, type ApprovalRequest } from '../../src/approvals/request.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { Pipeline, type ApprovalStatus } from '../../src/pipeline.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';

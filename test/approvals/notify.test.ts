@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { webhookPayload } from '../../src/approvals/notify.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
 import { sampleRequest } from '../helpers/requests.js';

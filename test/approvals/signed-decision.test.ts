@@ -7,7 +7,7 @@ import { decideInFile } from '../../src/approvals/human-edit.js';
 import { canonicalMessage, signMessage, type SignedDecision } from '../../src/approvals/signature.js';
 import type { ApprovalRequest } from '../../src/approvals/request.js';
 import { decideCommand, type Output } from '../../src/commands.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
 import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';

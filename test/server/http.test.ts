@@ -5,7 +5,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { serveHttp, type HttpServerHandle } from '../../src/server/http.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { nextApprovalFile } from '../helpers/files.js';

@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideCommand, openClientPipeline } from '../../src/commands.js';
 import { loadConfig } from '../../src/config.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { stdioServerCommand } from '../../src/server/launch.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';

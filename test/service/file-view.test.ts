@@ -5,7 +5,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import { ApprovalStore } from '../../src/approvals/store.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { ChangeFeed } from '../../src/service/changes.js';
 import { FileView } from '../../src/service/file-view.js';
 import { sampleContext, sampleRequest } from '../helpers/requests.js';

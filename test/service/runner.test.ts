@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
 import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
