@@ -102,11 +102,11 @@ export class Pipeline {
         this.#runner.accept(request, decision);
         return Promise.resolve();
       },
+      onChanged: (id) => this.#changes.emit({ id, kind: 'decided' }),
       onRecorded: (request, decision) => {
         if (decision.status === 'APPROVED') this.#runner.reserve(request);
       },
     });
-    this.#gate.events.on('changed', (id: string) => this.#changes.emit({ id, kind: 'decided' }));
     this.#status = new StatusReader({
       store,
       runner: this.#runner,

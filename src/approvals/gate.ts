@@ -1,5 +1,4 @@
 import { watch, type FSWatcher } from 'node:fs';
-import { EventEmitter } from 'node:events';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { performance } from 'node:perf_hooks';
 import { describeError, GateError } from '../errors.js';
@@ -46,6 +45,11 @@ export interface GateOptions {
   readonly onRecorded?: (request: ApprovalRequest, decision: Decision) => void;
   /** Called once per accepted decision, in the instance that recorded it. */
   readonly onDecision: (request: ApprovalRequest, decision: Decision) => Promise<void>;
+  /**
+   * Called when what a request's status says may have changed: a decision recorded or refused, a
+   * problem shown in its file, or another instance writing into it.
+   */
+  readonly onChanged?: (id: string) => void;
 }
 
 /**
@@ -99,7 +103,6 @@ interface Tracked {
  * a validated Decision, records it (the first one stands) and hands it on; it never executes anything.
  */
 export class Gate {
-  readonly events = new EventEmitter();
   readonly #options: GateOptions;
   readonly #tracked = new Map<string, Tracked>();
   /** Problems of files that are not pending requests: unknown ids, edits after a decision. */
@@ -459,7 +462,7 @@ export class Gate {
     tracked.problem = problem;
     if (problem && (previous?.code !== problem.code || previous.message !== problem.message)) {
       this.#options.log.warn({ approval_id: tracked.request.id, code: problem.code }, problem.message);
-      this.events.emit('changed', tracked.request.id);
+      this.#options.onChanged?.(tracked.request.id);
       return true;
     }
     return false;
@@ -493,7 +496,7 @@ export class Gate {
     try {
       const { store, log, audit } = this.#options;
       // Another instance may have written an outcome: let anyone waiting here look again.
-      this.events.emit('changed', id);
+      this.#options.onChanged?.(id);
       const file = await store.readApprovalFile(id);
       if (file.kind !== 'ok') return;
       const status = file.parsed.data.status;
@@ -551,7 +554,7 @@ export class Gate {
         });
       }
       await this.#showProblem(id, problem, file.parsed.data.gate_error);
-      this.events.emit('changed', id);
+      this.#options.onChanged?.(id);
     } catch (error) {
       this.#options.log.error({ approval_id: id, err: describeError(error) }, 'inspecting a file failed');
     } finally {
@@ -605,7 +608,7 @@ export class Gate {
     await trail.catch((error: unknown) =>
       log.error({ approval_id: request.id, err: describeError(error) }, 'audit log not written'),
     );
-    this.events.emit('changed', request.id);
+    this.#options.onChanged?.(request.id);
     await onDecision(request, decision);
   }
 
