@@ -66,6 +66,16 @@ function stateProblem(error: unknown): DecisionProblem | null {
 /** Re-reads of a file that failed to parse: editors that write in place can be caught mid-save. */
 const REREAD_DELAYS_MS = [20, 100, 500];
 
+/**
+ * How long a VOID verdict waits before it stands. A read that races an in-place save (truncate, then
+ * write) can see only the first pages of the file, whose missing headings look like tampering, while
+ * the front matter already says APPROVED. If the file then turns out to have grown from exactly what
+ * was read, that read was torn and the whole file is judged instead; while it reads as the beginning of
+ * what was read, it is being written again and is waited for; any other change, or none, and the VOID
+ * stands on what was read: restoring an edited block after the human's save never helps.
+ */
+export const VOID_SETTLE_MS = 100;
+
 /** How long a pending file may be missing (delete-and-recreate saves) before the request is cancelled. */
 export const MISSING_FILE_GRACE_MS = 2000;
 
@@ -96,6 +106,13 @@ interface Tracked {
   missingSince: number | null;
   /** The file as of the last completed check, or null before the first. */
   lastRead: { readonly stamp: FileStamp; readonly readAtMs: number } | null;
+  /** A VOID verdict waiting out VOID_SETTLE_MS, with the text it was reached on. */
+  voidPending: {
+    readonly text: string;
+    readonly decision: Decision;
+    readonly code: string;
+    readonly sinceMs: number;
+  } | null;
 }
 
 /**
@@ -238,6 +255,7 @@ export class Gate {
       rereads: 0,
       missingSince: null,
       lastRead: null,
+      voidPending: null,
     };
     this.#tracked.set(request.id, tracked);
     this.#armDeadline(tracked);
@@ -349,6 +367,23 @@ export class Gate {
       return;
     }
     tracked.rereads = 0;
+    const pending = tracked.voidPending;
+    if (pending !== null) {
+      const text = file.text;
+      const grown = text.length > pending.text.length && text.startsWith(pending.text);
+      // Shorter and the beginning of what was read: the file is being written again.
+      const rewriting = text.length < pending.text.length && pending.text.startsWith(text);
+      const age = performance.now() - pending.sinceMs;
+      // Not for ever: a file kept shorter than what was read lets the VOID stand after a while too.
+      if ((text === pending.text && age < VOID_SETTLE_MS) || (rewriting && age < 10 * VOID_SETTLE_MS)) return;
+      tracked.voidPending = null;
+      if (!grown) {
+        log.warn({ approval_id: request.id, code: pending.code }, pending.decision.reason ?? pending.code);
+        await this.#accept(tracked, pending.decision);
+        return;
+      }
+      // The earlier read was torn: the whole file is judged below.
+    }
     const verdict = evaluateDecision({
       data: file.parsed.data,
       body: file.parsed.body,
@@ -375,11 +410,13 @@ export class Gate {
         await this.#showProblem(request.id, tracked.problem, file.parsed.data.gate_error);
         return;
       case 'void':
-        log.warn({ approval_id: request.id, code: verdict.code }, verdict.message);
-        await this.#accept(
-          tracked,
-          decision('VOID', verdict.decidedBy, `${verdict.code}: ${verdict.message}`),
-        );
+        tracked.voidPending = {
+          text: file.text,
+          decision: decision('VOID', verdict.decidedBy, `${verdict.code}: ${verdict.message}`),
+          code: verdict.code,
+          sinceMs: performance.now(),
+        };
+        this.#recheckWhileVoidSettles(tracked);
         return;
       case 'approved':
       case 'rejected': {
@@ -411,6 +448,16 @@ export class Gate {
         return;
       }
     }
+  }
+
+  /** Reads the file again until a VOID waiting to stand has stood or been explained as a torn read. */
+  #recheckWhileVoidSettles(tracked: Tracked): void {
+    setTimeout(() => {
+      if (tracked.voidPending === null || !this.#tracked.has(tracked.request.id)) return;
+      void this.check(tracked.request.id).then(() => {
+        if (tracked.voidPending !== null) this.#recheckWhileVoidSettles(tracked);
+      });
+    }, VOID_SETTLE_MS).unref();
   }
 
   /** In a signed environment, the decision's signatures; elsewhere there are none to check. */

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, utimes, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readFile, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
@@ -81,6 +81,18 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 300));
 
+/** Every approval file text the gate has read through `store`, as it read it. */
+function textsTheGateRead(store: ApprovalStore): string[] {
+  const texts: string[] = [];
+  const read = store.readApprovalFile.bind(store);
+  vi.spyOn(store, 'readApprovalFile').mockImplementation(async (id) => {
+    const file = await read(id);
+    if (file.kind === 'ok') texts.push(file.text);
+    return file;
+  });
+  return texts;
+}
+
 describe('gate', () => {
   it('sees a save through file-system events, not the periodic re-check', async () => {
     const h = await harness();
@@ -104,6 +116,39 @@ describe('gate', () => {
     expect(h.gate.problem(h.request.id)?.code).toBe('FRONT_MATTER_UNTERMINATED');
     await writeFile(h.file, full);
     expect(await h.decided).toMatchObject({ status: 'APPROVED' });
+    h.gate.stop();
+  });
+
+  it('judges the whole file, not the first pages a read caught while an in-place save was writing', async () => {
+    const h = await harness();
+    const seen = textsTheGateRead(h.store);
+    const full = (await readFile(h.file, 'utf8'))
+      .replace('status: "PENDING"', 'status: "APPROVED"')
+      .replace('decided_by: ""', 'decided_by: "Dana"');
+    // What a read sees of a save still writing: the front matter whole, the headings after it missing.
+    const firstPages = full.slice(0, full.indexOf('## Preview'));
+    await writeFile(h.file, firstPages);
+    await vi.waitFor(() => expect(seen).toContain(firstPages));
+    // The same save writes on.
+    await appendFile(h.file, full.slice(firstPages.length));
+    expect(await h.decided).toMatchObject({ status: 'APPROVED', decided_by: 'Dana' });
+    h.gate.stop();
+  });
+
+  it('an approval saved over an edited Preview stays VOID when the edit is put back at once', async () => {
+    const h = await harness();
+    const seen = textsTheGateRead(h.store);
+    const original = await readFile(h.file, 'utf8');
+    const approve = (text: string) =>
+      text.replace('status: "PENDING"', 'status: "APPROVED"').replace('decided_by: ""', 'decided_by: "Dana"');
+    const sql = h.request.command.sql.trim();
+    const edited = original.split(sql).join('SELECT 1;');
+    expect(edited).not.toBe(original);
+    // The human approves what the agent made the file show; the agent restores it right away.
+    await writeFile(h.file, approve(edited));
+    await vi.waitFor(() => expect(seen).toContain(approve(edited)));
+    await writeFile(h.file, approve(original));
+    expect(await h.decided).toMatchObject({ status: 'VOID' });
     h.gate.stop();
   });
 
