@@ -10,6 +10,7 @@ import { describeError, GateError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Pipeline } from '../pipeline.js';
 import { openedHandle } from './handle.js';
+import { compactWhenQuiet } from './quiet-compaction.js';
 import { createServer, SERVER_NAME } from './index.js';
 
 /**
@@ -92,6 +93,7 @@ export async function serveHttp(
   }
   const host = overrides.host ?? config.http.host;
   const pipeline = await Pipeline.open(config, { log, serverName: SERVER_NAME, transport: 'http' });
+  const stopCompaction = compactWhenQuiet((listener) => pipeline.onChange(listener));
   const handle = openedHandle(pipeline);
   const sessions = new Map<string, Session>();
   /** Initializes under way: not in `sessions` yet, but they count against max_sessions. */
@@ -233,6 +235,7 @@ export async function serveHttp(
       await Promise.all([...sessions].map(([id, session]) => closeSession(id, session, 'shutdown')));
       await new Promise<void>((resolve) => httpServer.close(() => resolve()));
       httpServer.closeAllConnections();
+      stopCompaction();
       await pipeline.close();
     },
   };

@@ -3,6 +3,7 @@ import type { Config } from '../config.js';
 import { routeConsoleToStderr, type Logger } from '../log.js';
 import type { PipelineHandle } from './handle.js';
 import { createServer, SERVER_NAME } from './index.js';
+import { compactWhenQuiet } from './quiet-compaction.js';
 
 /**
  * Serves MCP on stdin/stdout until the client closes the stream or a signal arrives. `initialize` is
@@ -48,11 +49,10 @@ export async function serveStdio(config: Config, createLog: () => Logger): Promi
   await server.connect(transport);
   // After the turn in which the client's first request (initialize) is read and answered.
   setImmediate(open);
-  try {
-    await opening;
-  } catch (error) {
+  const pipeline = await opening.catch(async (error: unknown) => {
     await server.close().catch(() => undefined);
     throw error;
-  }
+  });
+  compactWhenQuiet((listener) => pipeline.onChange(listener));
   logger().info({ approvals_dir: config.approvalsDir }, 'approval gate listening on stdio');
 }
