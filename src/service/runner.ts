@@ -1,5 +1,6 @@
 import path from 'node:path';
 import type { AuditEntry, AuditLog } from '../approvals/audit.js';
+import type { FrontMatterValue } from '../approvals/frontmatter.js';
 import { hashCommand, type ApprovalRequest, type Decision } from '../approvals/request.js';
 import { recheckRecordedSignatures } from '../approvals/signed-decision.js';
 import type { ApprovalStore, StoredOutcome } from '../approvals/store.js';
@@ -47,6 +48,17 @@ export interface RunnerOptions {
   readonly findings: Findings;
   readonly view: FileView;
   readonly changes: ChangeFeed;
+}
+
+/** How long a migration runs before its file says "running". */
+const RUNNING_SHOWN_AFTER_MS = 250;
+
+/**
+ * What every write of execution fields also sets: an earlier gate_error cleared, and a decision the
+ * policy made (no human) shown as the file's status, as the body shows it.
+ */
+function decisionFields(decision: Decision): Record<string, FrontMatterValue> {
+  return { gate_error: undefined, ...(decision.decided_by === null ? { status: decision.status } : {}) };
 }
 
 /** Backoff while the database is unreachable before an approved migration starts. */
@@ -247,14 +259,17 @@ export class Runner {
     const { config, view, log } = this.#o;
     this.#active.set(id, 'starting');
     this.#changed(id);
-    // Not waited for: the file is a view, and the outcome's write is queued behind this one.
-    void view.write(id, {
-      gate_error: undefined,
-      // A decision the policy made (no human): the file's status says it, like the body will.
-      ...(decision.decided_by === null ? { status: decision.status } : {}),
-      execution: 'running',
-      execution_started_at: formatTimestamp(this.#o.clock(), config.timezone),
-    });
+    const startedAt = formatTimestamp(this.#o.clock(), config.timezone);
+    // The file says "running" only for a migration that takes long enough for a reader to see it: a
+    // quick one goes straight to its Outcome, and its run is not slowed by a rewrite of the file. Not
+    // waited for (the file is a view); stopped before any end is written, so it never lands after one.
+    const showRunning = setTimeout(() => {
+      void view.write(id, {
+        ...decisionFields(decision),
+        execution: 'running',
+        execution_started_at: startedAt,
+      });
+    }, RUNNING_SHOWN_AFTER_MS);
     log.info({ approval_id: id, database: command.database, dry_run: command.dry_run }, 'execution started');
     let job: MigrationJob;
     try {
@@ -267,6 +282,7 @@ export class Runner {
       });
       job = await this.#prepare(request, decision);
     } catch (error) {
+      clearTimeout(showRunning);
       await this.#endedWithout(request, decision, 'nothing', error);
       return;
     }
@@ -278,6 +294,7 @@ export class Runner {
         this.#changed(id);
       });
     } catch (error) {
+      clearTimeout(showRunning);
       // The executor alone knows whether it sent anything; it rejects only with ExecutionAborted.
       await this.#endedWithout(
         request,
@@ -287,6 +304,7 @@ export class Runner {
       );
       return;
     }
+    clearTimeout(showRunning);
     await this.#ended(request, decision, run.result, run.ranHere);
   }
 
@@ -384,7 +402,11 @@ export class Runner {
     this.#active.set(id, note);
     this.#o.log.warn({ approval_id: id, attempt, delay_ms: delayMs }, note);
     this.#changed(id);
-    await this.#o.view.write(id, { execution: 'not_started', execution_error: note });
+    await this.#o.view.write(id, {
+      ...decisionFields(decision),
+      execution: 'not_started',
+      execution_error: note,
+    });
     const timer = setTimeout(() => {
       this.#timers.delete(timer);
       if (!this.#closed) this.#enqueue(request, decision);
@@ -433,7 +455,7 @@ export class Runner {
     this.#changed(id);
     await this.#o.view.write(
       id,
-      { execution: outcome.execution, execution_error: message },
+      { ...decisionFields(decision), execution: outcome.execution, execution_error: message },
       {
         decision,
         summary: unrecordedSummary(sent, config.ledger_schema, id),
@@ -493,6 +515,7 @@ export class Runner {
     await this.#o.view.write(
       id,
       {
+        ...decisionFields(decision),
         execution: result.state,
         execution_started_at: formatTimestamp(new Date(result.started_at), config.timezone),
         execution_finished_at: formatTimestamp(new Date(result.finished_at), config.timezone),

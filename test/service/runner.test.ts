@@ -178,7 +178,8 @@ describe('told from the record, shown in the file', () => {
     const ws = await workspace();
     const gate = await Pipeline.open(ws.config, { log: silentLogger, env });
     try {
-      const { request } = await gate.submit(migration('SELECT 1', 'Told, then shown'));
+      // Long enough for the file to say "running" first.
+      const { request } = await gate.submit(migration('SELECT pg_sleep(0.6)', 'Told, then shown'));
       const file = gate.filePath(request.id);
       // What a resource subscriber reads each time it is told the file changed.
       const shownTexts: Promise<string>[] = [];
