@@ -434,7 +434,8 @@ export class Gate {
           await this.#showProblem(request.id, tracked.problem, file.parsed.data.gate_error);
           return;
         }
-        log.info(
+        // 'decision accepted' follows with the same facts once it is recorded.
+        log.debug(
           { approval_id: request.id, decision: verdict.kind, decided_by: verdict.decidedBy },
           'decision seen',
         );
