@@ -56,6 +56,7 @@ export class Pipeline {
   readonly #status: StatusReader;
   readonly #requests: Requests;
   readonly #notifier: Notifier;
+  readonly #audit: AuditLog;
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
     this.config = config;
@@ -65,6 +66,7 @@ export class Pipeline {
     const { log } = options;
     const env = options.env ?? process.env;
     const audit = new AuditLog(config.stateDir, clock);
+    this.#audit = audit;
     this.#notifier = new Notifier(config.notify, log);
     this.#targets = new Targets(config, { env, log, installation: store.installation });
     this.#findings = new Findings(config);
@@ -191,6 +193,7 @@ export class Pipeline {
     this.#gate.stop();
     this.#runner.close();
     await this.#targets.close();
+    await this.#audit.close();
   }
 
   /** Risk findings of a stored request, recomputed from its record (cached). */

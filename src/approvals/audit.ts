@@ -1,4 +1,5 @@
-import { appendFile } from 'node:fs/promises';
+import { constants, lstatSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 
 /**
@@ -35,6 +36,10 @@ export interface AuditEntry {
 export class AuditLog {
   readonly file: string;
   readonly #now: () => Date;
+  /** The file appended to, kept open; `ino` tells whether the path still names it. */
+  #current: { readonly handle: FileHandle; readonly ino: number } | null = null;
+  /** One look at the path (and reopen) at a time. */
+  #turn: Promise<unknown> = Promise.resolve();
 
   constructor(stateDir: string, now: () => Date) {
     this.file = path.join(stateDir, 'audit.jsonl');
@@ -43,6 +48,43 @@ export class AuditLog {
 
   async append(entry: AuditEntry): Promise<void> {
     const line = JSON.stringify({ at: this.#now().toISOString(), pid: process.pid, ...entry });
-    await appendFile(this.file, `${line}\n`, { mode: 0o600 });
+    const handle = await this.#handle();
+    await handle.write(`${line}\n`);
+  }
+
+  /**
+   * The open file, opened anew when the path no longer names it (deleted, moved, replaced by anything
+   * else), so the trail is always the file the state directory shows; never through a link.
+   */
+  #handle(): Promise<FileHandle> {
+    const next = this.#turn.then(async () => {
+      const now = lstatSync(this.file, { throwIfNoEntry: false });
+      if (this.#current !== null && now?.isFile() && now.ino === this.#current.ino) {
+        return this.#current.handle;
+      }
+      // Closed once the writes already under way on it are done (FileHandle.close waits for them).
+      await this.#current?.handle.close().catch(() => undefined);
+      this.#current = null;
+      const handle = await open(
+        this.file,
+        constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW,
+        0o600,
+      );
+      try {
+        this.#current = { handle, ino: (await handle.stat()).ino };
+      } catch (error) {
+        await handle.close();
+        throw error;
+      }
+      return handle;
+    });
+    this.#turn = next.catch(() => undefined);
+    return next;
+  }
+
+  async close(): Promise<void> {
+    await this.#turn;
+    await this.#current?.handle.close().catch(() => undefined);
+    this.#current = null;
   }
 }
