@@ -169,9 +169,9 @@ export class Pipeline {
     return this.#changes.subscribe((change) => listener(change.id, change));
   }
 
-  /** The approval file's text, for readers that cannot open files (MCP resources). */
+  /** The approval file's text, for readers that cannot open files (MCP resources), read safely. */
   async fileText(id: string): Promise<string> {
-    const file = await this.#store.readApprovalFile(id);
+    const file = await this.#store.readApprovalText(id);
     if (file.kind === 'ok') return file.text;
     throw new GateError(
       'APPROVAL_FILE_UNAVAILABLE',

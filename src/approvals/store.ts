@@ -272,7 +272,7 @@ export class ApprovalStore {
 
   /** Reads the approval file as data: regular files only (no symlinks), size-capped, strict UTF-8. */
   async readApprovalFile(id: string): Promise<ApprovalFileRead> {
-    const read = await this.#readApprovalText(id);
+    const read = await this.readApprovalText(id);
     if (read.kind !== 'ok') return read;
     try {
       return { kind: 'ok', text: read.text, parsed: parseApprovalText(read.text) };
@@ -282,8 +282,8 @@ export class ApprovalStore {
     }
   }
 
-  /** The approval file's text, read as readApprovalFile reads it, without parsing it. */
-  async #readApprovalText(
+  /** The approval file's text, read as readApprovalFile reads it (safely), without parsing it. */
+  async readApprovalText(
     id: string,
   ): Promise<{ readonly kind: 'ok'; readonly text: string } | Exclude<ApprovalFileRead, { kind: 'ok' }>> {
     const file = this.filePath(id);
@@ -360,13 +360,13 @@ export class ApprovalStore {
   async updateApprovalFile(id: string, change: (text: string) => string): Promise<boolean> {
     const file = this.filePath(id);
     for (let attempt = 0; attempt < 5; attempt += 1) {
-      const before = await this.#readApprovalText(id);
+      const before = await this.readApprovalText(id);
       if (before.kind !== 'ok') return false;
       const after = change(before.text);
       if (after === before.text) return true;
       const temp = tempName(file);
       await writeFile(temp, after, { mode: 0o644, flag: 'wx' });
-      const current = await this.#readApprovalText(id);
+      const current = await this.readApprovalText(id);
       if (current.kind === 'ok' && current.text === before.text) {
         // Synchronous, so that the watcher's event for this rename cannot be handled before the
         // stamp is recorded: it must find the echo of this write (isOwnWrite), not a human's save.
