@@ -57,6 +57,7 @@ export class Pipeline {
   readonly #requests: Requests;
   readonly #notifier: Notifier;
   readonly #audit: AuditLog;
+  readonly #view: FileView;
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
     this.config = config;
@@ -67,6 +68,7 @@ export class Pipeline {
     const env = options.env ?? process.env;
     const audit = new AuditLog(config.stateDir, clock);
     this.#audit = audit;
+    this.#view = new FileView(store, log, this.#changes);
     this.#notifier = new Notifier(config.notify, log);
     this.#targets = new Targets(config, { env, log, installation: store.installation });
     this.#findings = new Findings(config);
@@ -79,7 +81,7 @@ export class Pipeline {
       env,
       targets: this.#targets,
       findings: this.#findings,
-      view: new FileView(store, log, this.#changes),
+      view: this.#view,
       changes: this.#changes,
     });
     this.#gate = new Gate({
@@ -192,7 +194,11 @@ export class Pipeline {
   async close(): Promise<void> {
     this.#gate.stop();
     this.#runner.close();
+    // The databases close once running migrations have ended; then their ends are recorded and shown
+    // (an agent may have been told already, and the file must say it too before the process goes).
     await this.#targets.close();
+    await this.#runner.idle();
+    await this.#view.settled();
     await this.#audit.close();
   }
 

@@ -39,6 +39,11 @@ export class FileView {
     return written;
   }
 
+  /** Resolves once every write asked for so far has landed (or failed, and was logged). */
+  async settled(): Promise<void> {
+    while (this.#queued.size > 0) await Promise.all(this.#queued.values());
+  }
+
   async #write(
     id: string,
     fields: Record<string, FrontMatterValue>,

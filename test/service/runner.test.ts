@@ -1,8 +1,9 @@
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
+import { ApprovalStore } from '../../src/approvals/store.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
@@ -201,6 +202,34 @@ describe('told from the record, shown in the file', () => {
       }
     } finally {
       await gate.close();
+    }
+  });
+});
+
+describe('closing', () => {
+  it('a pipeline closed right after telling the agent has shown the outcome in the file first', async () => {
+    const ws = await workspace();
+    const gate = await Pipeline.open(ws.config, { log: silentLogger, env });
+    const { request } = await gate.submit(migration('SELECT 1', 'Closed at once'));
+    const file = gate.filePath(request.id);
+    // A slow disk: each rewrite of the file lands well after the agent is told.
+    const update = ApprovalStore.prototype.updateApprovalFile;
+    const slow = vi.spyOn(ApprovalStore.prototype, 'updateApprovalFile').mockImplementation(async function (
+      this: ApprovalStore,
+      id,
+      change,
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      return update.call(this, id, change);
+    });
+    try {
+      await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      const final = await gate.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 60_000 });
+      expect(final).toMatchObject({ final: true, execution: 'succeeded' });
+      await gate.close();
+      expect(await readFile(file, 'utf8')).toContain('## Outcome');
+    } finally {
+      slow.mockRestore();
     }
   });
 });
