@@ -181,14 +181,15 @@ async function main(): Promise<number> {
     await sleep(6000);
     const rssOf = (gate: Gate) => residentMb(gate.server.pid);
     const [pendingRssEarly, emptyRssEarly] = await Promise.all([rssOf(pending), rssOf(empty)]);
+    // What the server holds, and burns, while it waits for humans: the heap a burst of requests grew
+    // is given back once the gate has been quiet for a while (its own collection after 15 s, V8's
+    // memory reducer), and that one-off work is not idleness.
+    await sleep(Math.max(0, SETTLE_MS - (performance.now() - filled)));
+    const [pendingRss, emptyRss] = await Promise.all([rssOf(pending), rssOf(empty)]);
     const [pendingCpu, emptyCpu] = (await idleCpuPercent(
       [pending.server.pid, empty.server.pid],
       options.idleSeconds * 1000,
     )) as [number, number];
-    // What the server holds while it waits for humans: V8 gives back the garbage of the burst of
-    // requests only once allocation has been quiet for a while (its memory reducer, some 10–30 s).
-    await sleep(Math.max(0, SETTLE_MS - (performance.now() - filled)));
-    const [pendingRss, emptyRss] = await Promise.all([rssOf(pending), rssOf(empty)]);
     const paired = await pairedDecisions(empty, pending, schema, options.paired);
 
     // The figures.
