@@ -118,43 +118,85 @@ export function stringConstant(expression: unknown): string | null {
   return typeof value === 'string' ? value : null;
 }
 
-function defElemNames(options: readonly unknown[]): string[] {
-  return options
-    .map((option) => child(option, 'DefElem')?.defname)
-    .filter((name): name is string => typeof name === 'string');
+/**
+ * A boolean option as Postgres' defGetBoolean reads it: present without a value means on; `false`,
+ * `off` and 0 mean off. Postgres rejects any other value, so reading it as on changes nothing.
+ */
+function optionIsOn(options: readonly unknown[], name: string): boolean {
+  const element = defElem(options, name);
+  if (element === null) return false;
+  const integer = child(element.arg, 'Integer');
+  // libpg-query leaves out a zero ival.
+  if (integer) return typeof integer.ival === 'number' && integer.ival !== 0;
+  const text = child(element.arg, 'String')?.sval;
+  return typeof text !== 'string' || !['false', 'off'].includes(text.toLowerCase());
+}
+
+/** REINDEX forms that process many tables, each in a transaction of its own. */
+const REINDEX_MANY = new Set(['REINDEX_OBJECT_SCHEMA', 'REINDEX_OBJECT_SYSTEM', 'REINDEX_OBJECT_DATABASE']);
+
+/** `{ IndexStmt: {...} }`: the wrapped statement is refused in a transaction block. */
+function isNonTransactionalNode(raw: unknown): boolean {
+  const entry = isNode(raw) ? Object.entries(raw)[0] : undefined;
+  return entry !== undefined && isNode(entry[1]) && isNonTransactional(entry[0], entry[1]);
 }
 
 /**
- * Statements that cannot run inside a transaction block. `kind` is the node name and `body` the node.
- * Source: the Postgres docs for each command ("cannot be executed inside a transaction block").
+ * Statements Postgres refuses inside a transaction block (SQLSTATE 25001). `kind` is the node name and
+ * `body` the node. Source: the calls of PreventInTransactionBlock in PostgreSQL 15 (REL_15_STABLE's
+ * src/backend/tcop/utility.c and commands/indexcmds.c, dbcommands.c, vacuum.c, cluster.c, discard.c,
+ * subscriptioncmds.c), each checked against the real server by test/migration/transactional.test.ts.
+ * Subscriptions count as refused even in the forms Postgres accepts, which only costs atomicity. Not
+ * seen here, since it depends on the catalog rather than the text: CLUSTER, REINDEX TABLE and REINDEX
+ * INDEX are refused too when they name a partitioned table or index.
  */
 function isNonTransactional(kind: string, body: Node): boolean {
   switch (kind) {
     case 'IndexStmt':
-      return body.concurrent === true;
     case 'DropStmt':
+      // CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY.
       return body.concurrent === true;
+    case 'AlterTableStmt':
+      return list(body, 'cmds').some((item) => {
+        const command = child(item, 'AlterTableCmd');
+        return (
+          command?.subtype === 'AT_DetachPartition' && child(command.def, 'PartitionCmd')?.concurrent === true
+        );
+      });
     case 'ReindexStmt':
       return (
-        defElemNames(list(body, 'params')).includes('concurrently') ||
-        body.kind === 'REINDEX_OBJECT_SYSTEM' ||
-        body.kind === 'REINDEX_OBJECT_DATABASE'
+        optionIsOn(list(body, 'params'), 'concurrently') ||
+        (typeof body.kind === 'string' && REINDEX_MANY.has(body.kind))
       );
     case 'VacuumStmt':
-      // VACUUM cannot run in a transaction; ANALYZE alone can.
+      // VACUUM in any form; ANALYZE alone can run in a transaction.
       return body.is_vacuumcmd === true;
+    case 'ClusterStmt':
+      // Without a table it re-clusters every clustered table, each in a transaction of its own.
+      return body.relation === undefined;
+    case 'AlterDatabaseStmt':
+      // SET TABLESPACE moves the database's files; CONNECTION LIMIT and the like only update the catalog.
+      return defElem(list(body, 'options'), 'tablespace') !== null;
+    case 'DiscardStmt':
+      return body.target === 'DISCARD_ALL';
+    case 'TransactionStmt':
+      return body.kind === 'TRANS_STMT_COMMIT_PREPARED' || body.kind === 'TRANS_STMT_ROLLBACK_PREPARED';
+    case 'CreateSchemaStmt':
+      // Its elements run as parts of it: a CREATE INDEX CONCURRENTLY among them is refused.
+      return list(body, 'schemaElts').some(isNonTransactionalNode);
     case 'CreatedbStmt':
     case 'DropdbStmt':
     case 'AlterSystemStmt':
     case 'CreateTableSpaceStmt':
     case 'DropTableSpaceStmt':
+      return true;
     case 'CreateSubscriptionStmt':
     case 'AlterSubscriptionStmt':
     case 'DropSubscriptionStmt':
+      // Refused only when they create, drop or refresh from a replication slot, which depends on
+      // options and on the subscription in the catalog. Postgres never refuses one outside a
+      // transaction block; it always refuses a wrapped one that needs the slot.
       return true;
-    case 'ClusterStmt':
-      // CLUSTER without a table name re-clusters every table and cannot run in a transaction.
-      return body.relation === undefined;
     default:
       return false;
   }
