@@ -4,6 +4,7 @@ import { codeBlock, codeText, inlineCode, plainText, replaceInvisible, tableCell
 import { relationsOf } from '../migration/analyse.js';
 import { formatBytes, type RelationFacts } from '../migration/catalog.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
+import type { LockSpan } from '../migration/risks.js';
 import { COMMAND_FIELDS, type ApprovalRequest, type Decision } from './request.js';
 import { canonicalMessage, SIGNATURE_NAMESPACE, type SignedDecision } from './signature.js';
 
@@ -16,8 +17,10 @@ export interface StatementSummary {
 
 export interface RenderContext {
   readonly statements: readonly StatementSummary[];
-  /** Risk findings computed by the server from the parse tree. */
+  /** Risk findings computed by the server from the parse tree and the live catalog. */
   readonly findings: readonly RiskFinding[];
+  /** The locks the migration holds, per table, across its transaction. */
+  readonly locks: readonly LockSpan[];
   /** Facts about each relation from the live catalog, at request time. */
   readonly impact: readonly RelationFacts[];
   readonly lockTimeoutMs: number;
@@ -100,6 +103,25 @@ function findingsList(findings: readonly RiskFinding[]): string {
       ].join('\n'),
     )
     .join('\n');
+}
+
+function lockTable(locks: readonly LockSpan[], stepByStep: boolean): string {
+  if (locks.length === 0) return '_No table is locked against the application._';
+  const statements = (from: number, to: number) =>
+    from === to ? `statement ${from}` : `statements ${from}–${to}`;
+  const rows = locks.map(
+    (lock) =>
+      `| ${tableCell(lock.relation)} | ${plainText(lock.mode)} | ${plainText(statements(lock.from, lock.to))} | ${plainText(lock.blocks)} | ${lock.longDuring.length > 0 ? plainText(lock.longDuring.join(', ')) : '—'} |`,
+  );
+  return [
+    stepByStep
+      ? '**Locks, by table** (each statement commits on its own and releases its locks):'
+      : '**Locks, by table** (one transaction: every lock is held until it commits, through the statements after the one that took it):',
+    '',
+    '| Table | Strongest lock | Held during | Blocks for the application | Long work meanwhile (statements) |',
+    '|---|---|---|---|---|',
+    ...rows,
+  ].join('\n');
 }
 
 function impactTable(impact: readonly RelationFacts[]): string {
@@ -212,6 +234,8 @@ Computed by the server from the SQL with Postgres' own parser, not taken from th
 agent's claims are in the Reasoning section above.
 
 ${findingsList(context.findings)}
+
+${lockTable(context.locks, stepByStep)}
 
 ### Safeguards
 

@@ -37,6 +37,21 @@ export const RISK_CODES = [
   'DYNAMIC_SQL',
   'UNANALYSED_CODE',
   'FOREIGN_TABLE_WRITE',
+  'COLUMN_TYPE_NO_REWRITE',
+  'JSON_COLUMN',
+  'EXCLUSION_CONSTRAINT',
+  'ATTACH_PARTITION_SCAN',
+  'DETACH_PARTITION_LOCKS',
+  'TABLE_REWRITE',
+  'CONCURRENT_INDEX_ON_PARTITIONED_TABLE',
+  'DROP_INDEX_LOCKS_TABLE',
+  'DROP_SCHEMA',
+  'ENUM_VALUE_USED_TOO_SOON',
+  'DOMAIN_CONSTRAINT_SCAN',
+  'REINDEX_BLOCKS_WRITES',
+  'MATVIEW_REFRESH_BLOCKS_READS',
+  'LOCK_HELD_LONG',
+  'TIMEOUT_TIGHTENED',
 ] as const;
 export type RiskCode = (typeof RISK_CODES)[number];
 
@@ -72,7 +87,28 @@ export const RISK_TITLES: Readonly<Record<RiskCode, string>> = {
   DYNAMIC_SQL: 'SQL built at run time',
   UNANALYSED_CODE: 'Code the gate cannot analyse',
   FOREIGN_TABLE_WRITE: 'Foreign table written',
+  COLUMN_TYPE_NO_REWRITE: 'Type change without a rewrite',
+  JSON_COLUMN: 'json column breaks row comparisons',
+  EXCLUSION_CONSTRAINT: 'Exclusion constraint built under an exclusive lock',
+  ATTACH_PARTITION_SCAN: 'ATTACH PARTITION scans under lock',
+  DETACH_PARTITION_LOCKS: 'DETACH PARTITION locks the partitioned table',
+  TABLE_REWRITE: 'Table rewritten under an exclusive lock',
+  CONCURRENT_INDEX_ON_PARTITIONED_TABLE: 'CONCURRENTLY refused on a partitioned table',
+  DROP_INDEX_LOCKS_TABLE: 'DROP INDEX locks the whole table',
+  DROP_SCHEMA: 'Schema dropped',
+  ENUM_VALUE_USED_TOO_SOON: 'New enum value used before commit',
+  DOMAIN_CONSTRAINT_SCAN: 'Domain constraint checked under SHARE locks',
+  REINDEX_BLOCKS_WRITES: 'REINDEX blocks writes',
+  MATVIEW_REFRESH_BLOCKS_READS: 'Materialized view refresh blocks reads',
+  LOCK_HELD_LONG: 'Lock held through long work',
+  TIMEOUT_TIGHTENED: "SQL tightens the gate's timeout",
 };
+
+/** Findings at a statement that changes a timeout the reviewer was shown: the executor lets it. */
+export const TIMEOUT_CHANGE_CODES: ReadonlySet<RiskCode> = new Set<RiskCode>([
+  'TIMEOUT_OVERRIDE',
+  'TIMEOUT_TIGHTENED',
+]);
 
 /**
  * Findings whose effects a rollback may not undo, or cannot be known: an OS command, a file, another

@@ -1,290 +1,56 @@
 import { GateError } from '../errors.js';
 import type { AnalysedStatement } from './analyse.js';
+import { blockedBy, blocksReads, blocksWrites, stronger, type LockMode } from './lock-modes.js';
 import { executedSites, viaPrefix } from './nested-code.js';
-import { child, isNode, list, stringsOf, type Node } from './parse-tree.js';
-import { sideEffectsOf } from './side-effects.js';
 import { DRY_RUN_REFUSED_CODES, RISK_TITLES, type RiskFinding } from './risk-codes.js';
+import { NO_SCHEMA_FACTS, type SchemaFacts } from './schema-facts.js';
+import { sideEffectsOf, type GateLimits } from './side-effects.js';
+import { newMigrationState, statementEffect, type Candidate } from './statement-rules.js';
 
 /**
- * What each statement will really do to a live database: the lock it takes, whether it rewrites or
- * scans the table, whether it destroys data, and a safer way where one exists. Computed from the
- * Postgres parse tree, never from the agent's description. Pure: the same SQL gives the same findings.
+ * What a migration will really do to a live database, judged the way a DBA reads it: the lock each
+ * statement takes, the work it does in proportion to a table (a scan, a rewrite, an index build), and
+ * — because a transaction holds every lock until it commits — the locks still held while later work
+ * runs. Each piece of work is as harmful as the strongest lock held on its table meanwhile: under
+ * ACCESS EXCLUSIVE reads wait, under SHARE and stronger writes wait, under SHARE UPDATE EXCLUSIVE the
+ * application carries on. Computed from the Postgres parse tree and, where the catalog was read, from
+ * the target database itself (column types, constraints, which tables hold rows), never from the
+ * agent's description.
  */
 
-function relationName(rangeVar: unknown): string {
-  if (!isNode(rangeVar) || typeof rangeVar.relname !== 'string') return '?';
-  return typeof rangeVar.schemaname === 'string'
-    ? `${rangeVar.schemaname}.${rangeVar.relname}`
-    : rangeVar.relname;
+/** A table's lock over the migration: taken at `from`, held through `to` (1-based statement numbers). */
+export interface LockSpan {
+  readonly relation: string;
+  /** The strongest mode the migration holds on it. */
+  readonly mode: LockMode;
+  readonly from: number;
+  /** The last statement it is held through: the last of the migration when it runs in one transaction. */
+  readonly to: number;
+  readonly blocks: ReturnType<typeof blockedBy>;
+  /** Statements that do long work (scans, rewrites, index builds, mass updates) while it is held. */
+  readonly longDuring: readonly number[];
 }
 
-/** Functions whose value differs per row: a default using one forces a table rewrite. */
-const VOLATILE_FUNCTIONS = new Set([
-  'random',
-  'gen_random_uuid',
-  'uuid_generate_v1',
-  'uuid_generate_v1mc',
-  'uuid_generate_v4',
-  'clock_timestamp',
-  'timeofday',
-  'nextval',
-  'txid_current',
-  'statement_timestamp',
-]);
-
-const SERIAL_TYPES = new Set(['serial', 'serial4', 'bigserial', 'serial8', 'smallserial', 'serial2']);
-
-type DefaultKind = 'none' | 'constant' | 'volatile' | 'unknown';
-
-/** Classifies a column default expression without a database: literals and now() are safe. */
-function defaultKind(expression: unknown): DefaultKind {
-  if (!isNode(expression)) return 'none';
-  if ('A_Const' in expression || 'SQLValueFunction' in expression) return 'constant';
-  const cast = child(expression, 'TypeCast');
-  if (cast) return defaultKind(cast.arg);
-  const call = child(expression, 'FuncCall');
-  if (call) {
-    const fn = stringsOf(list(call, 'funcname')).at(-1)?.toLowerCase() ?? '';
-    if (VOLATILE_FUNCTIONS.has(fn)) return 'volatile';
-    if (['now', 'current_timestamp', 'transaction_timestamp', 'current_date'].includes(fn)) return 'constant';
-    return 'unknown';
-  }
-  return 'unknown';
-}
-
-interface Context {
-  readonly statement: AnalysedStatement;
-  /** Tables created earlier in this migration: empty, so their locks and scans cost nothing. */
-  readonly created: ReadonlySet<string>;
+export interface RiskAssessment {
+  /** Most severe first, then in statement order. */
   readonly findings: RiskFinding[];
-  /** Where nested SQL runs ("Inside the DO block: "), prefixed to each message; '' at top level. */
-  readonly prefix: string;
+  readonly locks: LockSpan[];
 }
 
-function add(ctx: Context, finding: Omit<RiskFinding, 'statement'>): void {
-  ctx.findings.push({
-    statement: ctx.statement.index + 1,
-    ...finding,
-    message: `${ctx.prefix}${finding.message}`,
-  });
+export interface AssessmentOptions extends GateLimits {
+  readonly lockRetries: number;
 }
 
-function analyseAddColumn(ctx: Context, table: string, column: Node): void {
-  const name = typeof column.colname === 'string' ? column.colname : '?';
-  const typeNames = stringsOf(list(child(column, 'typeName'), 'names')).map((n) => n.toLowerCase());
-  const constraints = list(column, 'constraints')
-    .map((c) => child(c, 'Constraint'))
-    .filter(isNode);
-  const defaultConstraint = constraints.find((c) => c.contype === 'CONSTR_DEFAULT');
-  const notNull = constraints.some((c) => c.contype === 'CONSTR_NOTNULL');
-  const identityOrGenerated = constraints.some(
-    (c) => c.contype === 'CONSTR_IDENTITY' || c.contype === 'CONSTR_GENERATED',
+const SEVERITY_ORDER: Readonly<Record<RiskFinding['severity'], number>> = { danger: 0, warning: 1, info: 2 };
+
+function bySeverity(a: RiskFinding, b: RiskFinding): number {
+  return (
+    SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity] ||
+    (a.statement ?? Number.MAX_SAFE_INTEGER) - (b.statement ?? Number.MAX_SAFE_INTEGER)
   );
-  const kind: DefaultKind = typeNames.some((t) => SERIAL_TYPES.has(t))
-    ? 'volatile'
-    : identityOrGenerated
-      ? 'volatile'
-      : defaultKind(defaultConstraint?.raw_expr);
-  const lock = `ACCESS EXCLUSIVE on ${table}`;
-  if (kind === 'volatile' || kind === 'unknown') {
-    add(ctx, {
-      code: 'ADD_COLUMN_REWRITE',
-      severity: kind === 'volatile' ? 'danger' : 'warning',
-      lock,
-      message:
-        `Adding column ${name} with a ${kind === 'volatile' ? 'volatile default (computed per row)' : 'default Postgres may not treat as constant'} ` +
-        `${kind === 'volatile' ? 'rewrites' : 'may rewrite'} all of ${table} while holding ACCESS EXCLUSIVE: no reads or writes until it finishes.`,
-      safer: `Add ${name} without a default, backfill it in batches, then SET DEFAULT for new rows.`,
-    });
-  } else if (kind === 'constant') {
-    add(ctx, {
-      code: 'ADD_COLUMN_METADATA_ONLY',
-      severity: 'info',
-      lock,
-      message: `Adding column ${name} with a constant default is a catalog change (PostgreSQL 11+): no rewrite; the lock is brief once granted.`,
-      safer: null,
-    });
-  } else if (notNull) {
-    add(ctx, {
-      code: 'ADD_COLUMN_NOT_NULL_NO_DEFAULT',
-      severity: 'warning',
-      lock,
-      message: `Column ${name} is NOT NULL without a default: the statement fails if ${table} has any row.`,
-      safer: `Give ${name} a constant DEFAULT, or add it nullable and backfill before setting NOT NULL.`,
-    });
-  }
 }
 
-function analyseConstraint(ctx: Context, table: string, constraint: Node): void {
-  const type = constraint.contype;
-  const conname = typeof constraint.conname === 'string' ? constraint.conname : 'the constraint';
-  if ((type === 'CONSTR_FOREIGN' || type === 'CONSTR_CHECK') && constraint.skip_validation !== true) {
-    const foreign = type === 'CONSTR_FOREIGN';
-    add(ctx, {
-      code: 'CONSTRAINT_VALIDATION_SCAN',
-      severity: 'danger',
-      lock: foreign
-        ? `SHARE ROW EXCLUSIVE on ${table} and ${relationName(constraint.pktable)}`
-        : `ACCESS EXCLUSIVE on ${table}`,
-      message:
-        `${foreign ? 'FOREIGN KEY' : 'CHECK'} ${conname} without NOT VALID checks every existing row of ${table} ` +
-        `while holding the lock${foreign ? ': writes to both tables wait' : ': reads and writes wait'}.`,
-      safer: `ADD CONSTRAINT ${conname} ... NOT VALID, then VALIDATE CONSTRAINT ${conname} in a separate request (SHARE UPDATE EXCLUSIVE: writes continue).`,
-    });
-  }
-  if ((type === 'CONSTR_PRIMARY' || type === 'CONSTR_UNIQUE') && typeof constraint.indexname !== 'string') {
-    add(ctx, {
-      code: 'UNIQUE_INDEX_UNDER_EXCLUSIVE_LOCK',
-      severity: 'danger',
-      lock: `ACCESS EXCLUSIVE on ${table}`,
-      message: `Adding a ${type === 'CONSTR_PRIMARY' ? 'PRIMARY KEY' : 'UNIQUE'} constraint builds its index while ${table} is locked against reads and writes.`,
-      safer: 'CREATE UNIQUE INDEX CONCURRENTLY first (its own request), then ADD CONSTRAINT ... USING INDEX.',
-    });
-  }
-}
-
-function analyseAlterTable(ctx: Context, node: Node): void {
-  const table = relationName(node.relation);
-  if (ctx.created.has(table)) return;
-  for (const item of list(node, 'cmds')) {
-    const cmd = child(item, 'AlterTableCmd');
-    if (!cmd) continue;
-    const column = typeof cmd.name === 'string' ? cmd.name : '?';
-    switch (cmd.subtype) {
-      case 'AT_AddColumn': {
-        const def = child(cmd.def, 'ColumnDef');
-        if (def) analyseAddColumn(ctx, table, def);
-        break;
-      }
-      case 'AT_SetNotNull':
-        add(ctx, {
-          code: 'SET_NOT_NULL_SCAN',
-          severity: 'danger',
-          lock: `ACCESS EXCLUSIVE on ${table}`,
-          message: `SET NOT NULL on ${column} scans all of ${table} while holding ACCESS EXCLUSIVE.`,
-          safer: `ADD CONSTRAINT ${column}_not_null CHECK (${column} IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT it in a separate request; then SET NOT NULL (PostgreSQL 12+ skips the scan) and drop the CHECK.`,
-        });
-        break;
-      case 'AT_AlterColumnType':
-        add(ctx, {
-          code: 'COLUMN_TYPE_REWRITE',
-          severity: 'danger',
-          lock: `ACCESS EXCLUSIVE on ${table}`,
-          message: `Changing the type of ${column} rewrites ${table} and its indexes under ACCESS EXCLUSIVE (unless the types are binary-coercible, such as widening a varchar).`,
-          safer: `Add a new column of the new type, backfill it in batches, switch the application, then drop ${column}.`,
-        });
-        break;
-      case 'AT_AddConstraint': {
-        const constraint = child(cmd.def, 'Constraint');
-        if (constraint) analyseConstraint(ctx, table, constraint);
-        break;
-      }
-      case 'AT_DropColumn':
-        add(ctx, {
-          code: 'DROP_COLUMN',
-          severity: 'danger',
-          lock: `ACCESS EXCLUSIVE on ${table}`,
-          message: `Dropping ${column} destroys its data for good; application code still reading it breaks.`,
-          safer:
-            'Stop using the column in the application first; back it up (backup_before) before dropping.',
-        });
-        break;
-      default:
-        break;
-    }
-  }
-}
-
-function analyseStatement(ctx: Context): void {
-  const { kind, node } = ctx.statement;
-  switch (kind) {
-    case 'AlterTableStmt':
-      analyseAlterTable(ctx, node);
-      return;
-    case 'IndexStmt': {
-      const table = relationName(node.relation);
-      if (ctx.created.has(table)) return;
-      if (node.concurrent === true) {
-        add(ctx, {
-          code: 'CONCURRENT_INDEX',
-          severity: 'info',
-          lock: `SHARE UPDATE EXCLUSIVE on ${table}`,
-          message:
-            'Built CONCURRENTLY: writes continue. It runs outside a transaction; if it fails it leaves an INVALID index that must be dropped before retrying.',
-          safer: null,
-        });
-      } else {
-        add(ctx, {
-          code: 'INDEX_BLOCKS_WRITES',
-          severity: 'danger',
-          lock: `SHARE on ${table}`,
-          message: `CREATE INDEX without CONCURRENTLY blocks every INSERT, UPDATE and DELETE on ${table} for the whole index build.`,
-          safer:
-            `CREATE INDEX CONCURRENTLY ${typeof node.idxname === 'string' ? node.idxname : ''} ON ${table} (...) as a request of its own.`.replace(
-              '  ',
-              ' ',
-            ),
-        });
-      }
-      return;
-    }
-    case 'DropStmt':
-      if (node.removeType === 'OBJECT_TABLE') {
-        add(ctx, {
-          code: 'DROP_TABLE',
-          severity: 'danger',
-          lock: `ACCESS EXCLUSIVE on ${ctx.statement.relations.join(', ')}`,
-          message: `DROP TABLE destroys ${ctx.statement.relations.join(', ')} and all their data for good.`,
-          safer:
-            'Rename the table first and drop it in a later request once nothing uses it; back it up (backup_before).',
-        });
-      }
-      return;
-    case 'RenameStmt':
-      if (node.renameType === 'OBJECT_TABLE' || node.renameType === 'OBJECT_COLUMN') {
-        const table = relationName(node.relation);
-        add(ctx, {
-          code: 'RENAME',
-          severity: 'warning',
-          lock: `ACCESS EXCLUSIVE on ${table}`,
-          message: `Renaming ${node.renameType === 'OBJECT_COLUMN' ? `column ${String(node.subname)} of ` : ''}${table} breaks every running query and deployed application version that uses the old name.`,
-          safer:
-            'Expand and contract: add the new name (column or view) alongside the old one, move the application, then remove the old name.',
-        });
-      }
-      return;
-    case 'TruncateStmt':
-      add(ctx, {
-        code: 'TRUNCATE',
-        severity: 'danger',
-        lock: `ACCESS EXCLUSIVE on ${ctx.statement.relations.join(', ')}`,
-        message: `TRUNCATE deletes every row of ${ctx.statement.relations.join(', ')}.`,
-        safer: 'Back the table up (backup_before), or DELETE in batches with a WHERE clause.',
-      });
-      return;
-    case 'UpdateStmt':
-    case 'DeleteStmt':
-      if (node.whereClause === undefined) {
-        const table = relationName(node.relation);
-        const update = kind === 'UpdateStmt';
-        add(ctx, {
-          code: update ? 'UPDATE_WITHOUT_WHERE' : 'DELETE_WITHOUT_WHERE',
-          severity: 'danger',
-          lock: `ROW EXCLUSIVE on ${table}, and a lock on every row until commit`,
-          message: `${update ? 'UPDATE' : 'DELETE'} without WHERE ${update ? 'changes' : 'deletes'} every row of ${table} in one transaction.`,
-          safer: `Add a WHERE clause, or ${update ? 'update' : 'delete'} in batches of a few thousand rows per request.`,
-        });
-      }
-      return;
-    default:
-      return;
-  }
-}
-
-const STRONG_LOCK_KINDS = new Set(['AlterTableStmt', 'IndexStmt', 'DropStmt', 'RenameStmt', 'TruncateStmt']);
-
-/** Findings for a whole migration, in statement order, migration-wide ones last. */
-/** Statements that write the relation in their `relation` field (COPY only when FROM). */
+/** Writes to a foreign table happen on another server, through its wrapper, outside this transaction. */
 const WRITING_KINDS = new Set([
   'InsertStmt',
   'UpdateStmt',
@@ -294,14 +60,10 @@ const WRITING_KINDS = new Set([
   'TruncateStmt',
 ]);
 
-/** Writes to a foreign table happen on another server, through its wrapper, outside this transaction. */
-function foreignTableWrite(
-  statement: AnalysedStatement,
-  foreignTables: ReadonlySet<string>,
-): RiskFinding | null {
-  if (!WRITING_KINDS.has(statement.kind) || foreignTables.size === 0) return null;
+function foreignTableWrite(statement: AnalysedStatement, facts: SchemaFacts): RiskFinding | null {
+  if (!WRITING_KINDS.has(statement.kind)) return null;
   if (statement.kind === 'CopyStmt' && statement.node.is_from !== true) return null;
-  const written = statement.relations.filter((relation) => foreignTables.has(relation));
+  const written = statement.relations.filter((relation) => facts.table(relation)?.kind === 'f');
   if (written.length === 0) return null;
   return {
     statement: statement.index + 1,
@@ -316,20 +78,92 @@ function foreignTableWrite(
   };
 }
 
+interface Held {
+  mode: LockMode;
+  /** 0-based statement that took the mode held now. */
+  from: number;
+  to: number;
+  readonly longDuring: number[];
+}
+
 /**
- * Findings for a whole migration. `catalog.foreignTables`: relations (as named in the SQL) that the
- * live catalog says are foreign tables, when the catalog was read (at request time).
+ * Judges one piece of work by the lock held on its table while it runs (this statement's own lock
+ * and any stronger one an earlier statement of the transaction still holds).
+ */
+function judge(
+  candidate: Candidate & { readonly work: NonNullable<Candidate['work']> },
+  index: number,
+  held: ReadonlyMap<string, Held>,
+  facts: SchemaFacts,
+  created: ReadonlySet<string>,
+  transactional: boolean,
+): Omit<RiskFinding, 'statement'> | null {
+  const { relation, does } = candidate.work;
+  if (created.has(relation)) return null;
+  const lock = held.get(relation);
+  const lockText = lock ? `${lock.mode} on ${relation}` : null;
+  if (facts.table(relation)?.empty === true) {
+    return {
+      code: candidate.code,
+      severity: 'info',
+      lock: lockText,
+      message: `${candidate.message} ${relation} holds no rows (from the live catalog), so this takes an instant.`,
+      safer: null,
+    };
+  }
+  const matview = facts.table(relation)?.kind === 'm';
+  const harmful = lock !== undefined && (matview ? blocksReads(lock.mode) : blocksWrites(lock.mode));
+  const since =
+    lock && lock.from < index
+      ? ` ${lock.mode} on ${relation}, taken by statement ${lock.from + 1} and held${transactional ? ' until the migration commits' : ''},`
+      : lock
+        ? ` ${lock.mode} on ${relation}`
+        : '';
+  const severity = candidate.severity === 'by lock' ? (harmful ? 'danger' : 'info') : candidate.severity;
+  const consequence = !lock
+    ? ''
+    : harmful
+      ? `${since} blocks ${matview ? 'reads' : blockedBy(lock.mode)} for as long as it ${does} the table.`
+      : `${since} lets reads and writes continue while it ${does} the table.`;
+  return {
+    code: candidate.code,
+    severity,
+    lock: lockText,
+    message: `${candidate.message}${consequence ? ` ${consequence.trim()}` : ''}`,
+    safer: harmful || severity !== 'info' ? candidate.safer : null,
+  };
+}
+
+/**
+ * Findings and lock timeline for a whole migration. `facts`: the target's catalog as read at request
+ * time; without it (`NO_SCHEMA_FACTS`) every rule assumes the worst, as a static linter must.
  */
 export function assessRisks(
   statements: readonly AnalysedStatement[],
-  execution: { readonly lockTimeoutMs: number; readonly lockRetries: number },
-  catalog: { readonly foreignTables: ReadonlySet<string> } = { foreignTables: new Set() },
-): RiskFinding[] {
+  options: AssessmentOptions,
+  facts: SchemaFacts = NO_SCHEMA_FACTS,
+): RiskAssessment {
+  const withCatalog = facts !== NO_SCHEMA_FACTS;
+  const transactional = statements.every((statement) => statement.transactional);
+  const state = newMigrationState();
   const findings: RiskFinding[] = [];
-  const created = new Set<string>();
-  const sites = executedSites(statements);
-  // Nested SQL (DO blocks, called functions) gets the same rules, attributed to the statement running it.
-  for (const site of sites) {
+  const held = new Map<string, Held>();
+  const spans: LockSpan[] = [];
+  const closeSpans = () => {
+    for (const [relation, lock] of held) {
+      spans.push({
+        relation,
+        mode: lock.mode,
+        from: lock.from + 1,
+        to: lock.to + 1,
+        blocks: blockedBy(lock.mode),
+        longDuring: lock.longDuring.map((index) => index + 1),
+      });
+    }
+    held.clear();
+  };
+  let previous = -1;
+  for (const site of executedSites(statements)) {
     const prefix = viaPrefix(site.via);
     if (site.type === 'opaque') {
       findings.push({
@@ -340,21 +174,79 @@ export function assessRisks(
       continue;
     }
     const { statement } = site;
-    analyseStatement({ statement, created, findings, prefix });
-    for (const found of sideEffectsOf(statement)) {
-      findings.push({ statement: statement.index + 1, ...found, message: `${prefix}${found.message}` });
+    const index = statement.index;
+    // Outside a transaction each statement commits on its own, and its locks go with it.
+    if (!transactional && index !== previous) closeSpans();
+    previous = index;
+    const effect = statementEffect({ statement, statements, facts, withCatalog, state, transactional });
+    for (const { relation, mode } of effect.locks) {
+      const lock = held.get(relation);
+      if (!lock) held.set(relation, { mode, from: index, to: index, longDuring: [] });
+      else if (stronger(lock.mode, mode) !== lock.mode) {
+        lock.mode = mode;
+        lock.from = index;
+      }
     }
-    const foreign = foreignTableWrite(statement, catalog.foreignTables);
-    if (foreign) findings.push({ ...foreign, message: `${prefix}${foreign.message}` });
-    if (statement.kind === 'CreateStmt' || statement.kind === 'CreateTableAsStmt') {
-      for (const relation of statement.relations.slice(0, 1)) created.add(relation);
+    for (const lock of held.values()) lock.to = index;
+    const add = (finding: Omit<RiskFinding, 'statement'>) =>
+      findings.push({ statement: index + 1, ...finding, message: `${prefix}${finding.message}` });
+    const lockText = effect.locks.map(({ relation, mode }) => `${mode} on ${relation}`).join(', ') || null;
+    const long = new Set(effect.long);
+    for (const candidate of effect.candidates) {
+      if (candidate.work) {
+        const judged = judge(
+          { ...candidate, work: candidate.work },
+          index,
+          held,
+          facts,
+          state.created,
+          transactional,
+        );
+        if (judged) add(judged);
+        const { relation } = candidate.work;
+        if (!state.created.has(relation) && facts.table(relation)?.empty !== true) long.add(relation);
+        continue;
+      }
+      add({
+        code: candidate.code,
+        severity: candidate.severity === 'by lock' ? 'warning' : candidate.severity,
+        lock: lockText,
+        message: candidate.message,
+        safer: candidate.safer,
+      });
     }
+    if (long.size > 0) {
+      for (const [relation, lock] of held) {
+        if (!lock.longDuring.includes(index)) lock.longDuring.push(index);
+        // A lock an earlier statement took on another table is still held while this one works.
+        if (
+          long.has(relation) ||
+          lock.from >= index ||
+          !blocksWrites(lock.mode) ||
+          state.created.has(relation)
+        )
+          continue;
+        add({
+          code: 'LOCK_HELD_LONG',
+          severity: 'danger',
+          lock: `${lock.mode} on ${relation}`,
+          message:
+            `${relation} stays locked ${lock.mode} (taken by statement ${lock.from + 1}) while this statement works on ` +
+            `${[...long].join(', ')}: the application's ${blockedBy(lock.mode)} on ${relation} wait that long.`,
+          safer: `Submit statement ${lock.from + 1} and this one as separate requests, so the lock is released before the long work starts.`,
+        });
+      }
+    }
+    for (const found of sideEffectsOf(statement, options)) add(found);
+    const foreign = foreignTableWrite(statement, facts);
+    if (foreign) add(foreign);
   }
-  if (statements.length > 1 && statements.some((s) => !s.transactional)) {
+  closeSpans();
+  if (statements.length > 1 && !transactional) {
     findings.push({
       statement: null,
       code: 'NON_ATOMIC_MIGRATION',
-      severity: 'warning',
+      severity: 'info',
       lock: null,
       message:
         'A statement here cannot run in a transaction, so every statement runs and commits on its own: if one fails, the ones before it stay applied.',
@@ -362,19 +254,42 @@ export function assessRisks(
         'Submit the statement that cannot run in a transaction (e.g. CREATE INDEX CONCURRENTLY) as a request of its own.',
     });
   }
-  if (sites.some((site) => site.type === 'statement' && STRONG_LOCK_KINDS.has(site.statement.kind))) {
+  if (spans.some((span) => blocksWrites(span.mode))) {
     findings.push({
       statement: null,
       code: 'LOCK_TIMEOUT_ENFORCED',
       severity: 'info',
       lock: null,
       message:
-        `The executor sets lock_timeout = ${execution.lockTimeoutMs} ms, so a statement never queues other sessions behind it for longer; ` +
-        `a transaction that gives up is rolled back whole and retried up to ${execution.lockRetries} times with backoff.`,
+        `The executor sets lock_timeout = ${options.lockTimeoutMs} ms, so a statement never queues other sessions behind it for longer; ` +
+        `a transaction that gives up is rolled back whole and retried up to ${options.lockRetries} times with backoff.`,
       safer: null,
     });
   }
-  return findings;
+  findings.sort(bySeverity);
+  return { findings, locks: mergeSpans(spans) };
+}
+
+/** One line per table: the strongest mode, from the first statement that holds it to the last. */
+function mergeSpans(spans: readonly LockSpan[]): LockSpan[] {
+  const byRelation = new Map<string, LockSpan>();
+  for (const span of spans) {
+    const earlier = byRelation.get(span.relation);
+    if (!earlier) {
+      byRelation.set(span.relation, span);
+      continue;
+    }
+    const mode = stronger(earlier.mode, span.mode);
+    byRelation.set(span.relation, {
+      relation: span.relation,
+      mode,
+      from: mode === earlier.mode ? earlier.from : span.from,
+      to: Math.max(earlier.to, span.to),
+      blocks: blockedBy(mode),
+      longDuring: [...new Set([...earlier.longDuring, ...span.longDuring])],
+    });
+  }
+  return [...byRelation.values()];
 }
 
 /**

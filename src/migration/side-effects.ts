@@ -1,4 +1,5 @@
 import {
+  child,
   isNode,
   list,
   stringConstant,
@@ -59,18 +60,30 @@ export type SideEffectCode =
   | 'ROLE_DDL'
   | 'DYNAMIC_SQL'
   | 'UNANALYSED_CODE'
-  | 'TIMEOUT_OVERRIDE';
+  | 'TIMEOUT_OVERRIDE'
+  | 'TIMEOUT_TIGHTENED';
 
 export interface SideEffect {
   readonly code: SideEffectCode;
-  readonly severity: 'danger';
+  readonly severity: 'info' | 'danger';
   readonly lock: string | null;
   readonly message: string;
   readonly safer: string | null;
 }
 
-export function effect(code: SideEffectCode, message: string, safer: string | null = null): SideEffect {
-  return { code, severity: 'danger', lock: null, message, safer };
+export function effect(
+  code: SideEffectCode,
+  message: string,
+  safer: string | null = null,
+  severity: SideEffect['severity'] = 'danger',
+): SideEffect {
+  return { code, severity, lock: null, message, safer };
+}
+
+/** The limits the executor sets for a job: SQL may tighten them, never loosen them unseen. */
+export interface GateLimits {
+  readonly lockTimeoutMs: number;
+  readonly statementTimeoutMs: number;
 }
 
 /** The executor's safety timeouts: SQL that changes one lifts the gate's protection. */
@@ -224,7 +237,7 @@ function objectType(kind: string, node: Node): unknown {
   return undefined;
 }
 
-function statementEffect(statement: AnalysedStatement): SideEffect | null {
+function statementEffect(statement: AnalysedStatement, limits: GateLimits | null): SideEffect | null {
   const { kind, node } = statement;
   const type = objectType(kind, node);
   if (kind === 'CopyStmt') {
@@ -263,11 +276,20 @@ function statementEffect(statement: AnalysedStatement): SideEffect | null {
       'Remove it: Postgres checkpoints on its own schedule.',
     );
   }
+  if (kind === 'CreatedbStmt') {
+    // Escapes the transaction (so a dry run refuses it), but takes nothing from anyone.
+    return effect(
+      'DATABASE_DDL',
+      'CREATE DATABASE makes a new, empty database on the server, outside any transaction: it cannot be rolled back (DROP DATABASE undoes it).',
+      null,
+      'info',
+    );
+  }
   if (DATABASE_KINDS.has(kind) || type === 'OBJECT_DATABASE') {
     return effect(
       'DATABASE_DDL',
-      kind === 'CreatedbStmt' || kind === 'DropdbStmt'
-        ? `${kind === 'CreatedbStmt' ? 'CREATE' : 'DROP'} DATABASE acts on a whole database of the server, outside any transaction: it cannot be rolled back.`
+      kind === 'DropdbStmt'
+        ? 'DROP DATABASE destroys a whole database of the server and all its data, outside any transaction: it cannot be rolled back.'
         : 'The statement changes a whole database (its name, owner, settings or properties), for every session and application that uses it.',
       'Leave databases to the DBA, outside migrations.',
     );
@@ -289,11 +311,48 @@ function statementEffect(statement: AnalysedStatement): SideEffect | null {
   if (kind === 'VariableSetStmt' && typeof node.name === 'string') {
     const name = node.name.toLowerCase();
     if (TIMEOUT_SETTINGS.has(name)) {
+      const limit =
+        name === 'lock_timeout'
+          ? limits?.lockTimeoutMs
+          : name === 'statement_timeout'
+            ? limits?.statementTimeoutMs
+            : undefined;
+      const value = node.kind === 'VAR_SET_VALUE' ? timeoutMs(list(node, 'args')[0]) : null;
+      // 0 means no limit at all: only a positive value at most the gate's own is tighter.
+      if (limit !== undefined && value !== null && value > 0 && value <= limit) {
+        return effect(
+          'TIMEOUT_TIGHTENED',
+          `The SQL sets ${name} to ${value} ms, tighter than the gate's ${limit} ms, for the statements after it.`,
+          null,
+          'info',
+        );
+      }
       const verb = node.kind === 'VAR_RESET' || node.kind === 'VAR_SET_DEFAULT' ? 'resets' : 'sets';
       return timeoutOverride(name, verb);
     }
   }
   return null;
+}
+
+/** A timeout setting's value in milliseconds, as Postgres reads it (no unit: ms); null when not constant. */
+export function timeoutMs(value: unknown): number | null {
+  const constant = child(value, 'A_Const');
+  if (constant === null) return null;
+  const integer = child(constant, 'ival');
+  if (integer !== null) return typeof integer.ival === 'number' ? integer.ival : 0;
+  const text = stringConstant(value);
+  if (text === null) return null;
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*$/i.exec(text);
+  if (!match) return null;
+  const factor: Record<string, number> = {
+    us: 0.001,
+    ms: 1,
+    s: 1000,
+    min: 60_000,
+    h: 3_600_000,
+    d: 86_400_000,
+  };
+  return Number(match[1]) * (factor[(match[2] ?? 'ms').toLowerCase()] ?? 1);
 }
 
 function relationText(rangeVar: Node): string {
@@ -307,9 +366,9 @@ export function clip(text: string): string {
 }
 
 /** Side effects of one statement (top-level or nested): its kind, then each distinct call. */
-export function sideEffectsOf(statement: AnalysedStatement): SideEffect[] {
+export function sideEffectsOf(statement: AnalysedStatement, limits: GateLimits | null = null): SideEffect[] {
   const effects: SideEffect[] = [];
-  const own = statementEffect(statement);
+  const own = statementEffect(statement, limits);
   if (own) effects.push(own);
   const seen = new Set<string>();
   for (const call of functionCalls(statement.node)) {

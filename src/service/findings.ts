@@ -3,11 +3,14 @@ import type { Config } from '../config.js';
 import { analyseSql, type Analysis } from '../migration/analyse.js';
 import type { RelationFacts } from '../migration/catalog.js';
 import type { RiskFinding } from '../migration/risk-codes.js';
-import { assessRisks } from '../migration/risks.js';
+import { assessRisks, type RiskAssessment } from '../migration/risks.js';
+import { NO_SCHEMA_FACTS, type SchemaFacts } from '../migration/schema-facts.js';
 
 /**
- * What a request's statements risk: computed from the parse tree (and from the live catalog where it
- * was read at request time), remembered per request so that status reads do not re-parse.
+ * What a request's statements risk: judged from the parse tree and, at request time, from the live
+ * catalog; remembered per request so that status reads do not re-parse. After a restart a request is
+ * judged again from its record without the catalog, which assumes the worst where the catalog would
+ * have told: the approval file keeps the judgement the human was shown.
  */
 export class Findings {
   readonly #config: Config;
@@ -19,15 +22,17 @@ export class Findings {
     this.#config = config;
   }
 
-  /** Findings from the parse tree, and from the live catalog when it was read (`impact`). */
-  assess(analysis: Analysis, impact: readonly RelationFacts[] = []): RiskFinding[] {
+  /** The judgement of `analysis`, with the target's catalog when it was read (`facts`). */
+  assess(analysis: Analysis, facts: SchemaFacts = NO_SCHEMA_FACTS): RiskAssessment {
+    const { executor } = this.#config;
     return assessRisks(
       analysis.statements,
       {
-        lockTimeoutMs: this.#config.executor.lock_timeout_ms,
-        lockRetries: this.#config.executor.lock_retries,
+        lockTimeoutMs: executor.lock_timeout_ms,
+        statementTimeoutMs: executor.statement_timeout_ms,
+        lockRetries: executor.lock_retries,
       },
-      { foreignTables: new Set(impact.filter((f) => f.kind === 'foreign table').map((f) => f.name)) },
+      facts,
     );
   }
 
@@ -40,13 +45,11 @@ export class Findings {
     return this.#impact.get(id) ?? [];
   }
 
-  /** Risk findings of a stored request, recomputed from its record on first use. */
+  /** Risk findings of a stored request, judged again from its record on first use (without the catalog). */
   async of(request: ApprovalRequest): Promise<RiskFinding[]> {
     let findings = this.#byId.get(request.id);
     if (!findings) {
-      // Without the catalog here: a finding that needs it (a foreign table) is in the file and in
-      // the results of the instance that took the request.
-      findings = this.assess(await analyseSql(request.command.sql), this.#impact.get(request.id));
+      findings = this.assess(await analyseSql(request.command.sql)).findings;
       this.#byId.set(request.id, findings);
     }
     return findings;

@@ -15,6 +15,7 @@ import { crashPoint } from '../faults.js';
 import type { Logger } from '../log.js';
 import { analyseSql, assertExecutable, relationsOf, type Analysis } from '../migration/analyse.js';
 import { describeRelations } from '../migration/catalog.js';
+import { readSchemaFacts } from '../migration/schema-facts.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
 import { assertDryRunIsDry } from '../migration/risks.js';
 import { formatTimestamp, wholeSeconds, type Clock } from '../time.js';
@@ -107,12 +108,15 @@ export class Requests {
     const gateSchemas = [this.#o.config.ledger_schema, `${this.#o.config.ledger_schema}_backup`];
     assertExecutable(analysis, { dryRun: input.dry_run, gateSchemas });
     // Refuse now, not after a human has spent time, when the target cannot be reached; the catalog
-    // also tells which relations are foreign tables.
+    // tells the risk rules what the database holds (types, constraints, rows, foreign tables).
     const target = this.#o.targets.get(input.database);
     await target.executor.prepare();
     const relations = relationsOf(analysis.statements);
-    const impact = await target.database.withClient((session) => describeRelations(session, relations));
-    const findings = this.#o.findings.assess(analysis, impact);
+    const { impact, facts } = await target.database.withClient(async (session) => ({
+      impact: await describeRelations(session, relations),
+      facts: await readSchemaFacts(session, analysis.statements),
+    }));
+    const { findings, locks } = this.#o.findings.assess(analysis, facts);
     assertDryRunIsDry(findings, { dryRun: input.dry_run });
     const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
     if (refused.length > 0) {
@@ -136,7 +140,7 @@ export class Requests {
       if (input.dry_run) {
         try {
           assertExecutable(rollback, { dryRun: true, gateSchemas });
-          assertDryRunIsDry(this.#o.findings.assess(rollback), { dryRun: true });
+          assertDryRunIsDry(this.#o.findings.assess(rollback).findings, { dryRun: true });
         } catch (error) {
           if (error instanceof GateError) throw new GateError(error.code, `rollback_sql: ${error.message}`);
           throw error;
@@ -170,6 +174,7 @@ export class Requests {
       (request) =>
         renderApprovalFile(request, {
           findings,
+          locks,
           impact,
           statements: analysis.statements,
           lockTimeoutMs: this.#o.config.executor.lock_timeout_ms,

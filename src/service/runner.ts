@@ -11,6 +11,7 @@ import { analyseSql, relationsOf, type Analysis } from '../migration/analyse.js'
 import { dumpTables, existingTables, pgDumpAvailable } from '../migration/backup.js';
 import { ExecutionAborted, type MigrationJob, type Sent } from '../migration/execute.js';
 import type { ExecutionResult } from '../migration/result.js';
+import { TIMEOUT_CHANGE_CODES } from '../migration/risk-codes.js';
 import { formatTimestamp, type Clock } from '../time.js';
 import type { ChangeFeed } from './changes.js';
 import type { FileView } from './file-view.js';
@@ -346,7 +347,7 @@ export class Runner {
       dryRun: command.dry_run,
       timeoutsMayChange: new Set(
         findings
-          .filter((f) => f.code === 'TIMEOUT_OVERRIDE' && f.statement !== null)
+          .filter((f) => TIMEOUT_CHANGE_CODES.has(f.code) && f.statement !== null)
           .map((f) => (f.statement ?? 0) - 1),
       ),
       backup: await this.#planBackup(request, analysis),

@@ -34,6 +34,7 @@ export function sampleRequest(
 }
 
 export const sampleContext = {
+  locks: [],
   impact: [
     {
       name: 'customers',

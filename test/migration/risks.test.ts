@@ -9,30 +9,53 @@ import {
   type RiskCode,
 } from '../../src/migration/risk-codes.js';
 import { assessRisks } from '../../src/migration/risks.js';
+import { schemaFacts, tableFacts } from '../helpers/schema-facts.js';
+
+const LIMITS = { lockTimeoutMs: 2000, statementTimeoutMs: 60_000, lockRetries: 5 };
 
 async function codes(sql: string): Promise<RiskCode[]> {
   const { statements } = await analyseSql(sql);
-  return assessRisks(statements, { lockTimeoutMs: 2000, lockRetries: 5 }).map((f) => f.code);
+  return assessRisks(statements, LIMITS).findings.map((f) => f.code);
 }
 
 async function findings(sql: string) {
   const { statements } = await analyseSql(sql);
-  return assessRisks(statements, { lockTimeoutMs: 2000, lockRetries: 5 });
+  return assessRisks(statements, LIMITS).findings;
 }
 
 describe('risk analysis from the parse tree', () => {
-  it('flags the reference migration for its blocking index build, not for its constant default', async () => {
+  it('flags the reference migration for its index build under the lock the ADD COLUMN still holds', async () => {
     const result = await findings(
       "ALTER TABLE customers\nADD COLUMN loyalty_tier VARCHAR(20) DEFAULT 'bronze'\nNOT NULL;\n\nCREATE INDEX idx_loyalty_tier ON customers(loyalty_tier);",
     );
+    // Most severe first.
     expect(result.map((f) => f.code)).toEqual([
-      'ADD_COLUMN_METADATA_ONLY',
       'INDEX_BLOCKS_WRITES',
+      'ADD_COLUMN_METADATA_ONLY',
       'LOCK_TIMEOUT_ENFORCED',
     ]);
     const index = result.find((f) => f.code === 'INDEX_BLOCKS_WRITES');
-    expect(index).toMatchObject({ statement: 2, severity: 'danger', lock: 'SHARE on customers' });
+    // Not "SHARE, blocks writes": the ADD COLUMN's ACCESS EXCLUSIVE is held until commit, so reads wait too.
+    expect(index).toMatchObject({ statement: 2, severity: 'danger', lock: 'ACCESS EXCLUSIVE on customers' });
+    expect(index?.message).toContain('taken by statement 1 and held until the migration commits');
+    expect(index?.message).toContain('blocks reads and writes');
     expect(index?.safer).toContain('CREATE INDEX CONCURRENTLY idx_loyalty_tier ON customers');
+  });
+
+  it('shows, per table, the strongest lock and the statements it is held through', async () => {
+    const { statements } = await analyseSql(
+      "ALTER TABLE customers ADD COLUMN tier text DEFAULT 'b'; CREATE INDEX i ON customers (tier); SELECT 1",
+    );
+    expect(assessRisks(statements, LIMITS).locks).toEqual([
+      {
+        relation: 'customers',
+        mode: 'ACCESS EXCLUSIVE',
+        from: 1,
+        to: 3,
+        blocks: 'reads and writes',
+        longDuring: [2],
+      },
+    ]);
   });
 
   const cases: Array<[string, string, RiskCode]> = [
@@ -108,7 +131,9 @@ describe('risk analysis from the parse tree', () => {
     expect(
       await codes('ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (u) REFERENCES users(id) NOT VALID'),
     ).toEqual(['LOCK_TIMEOUT_ENFORCED']);
-    expect(await codes('ALTER TABLE t VALIDATE CONSTRAINT f')).toEqual(['LOCK_TIMEOUT_ENFORCED']);
+    const validate = await findings('ALTER TABLE t VALIDATE CONSTRAINT f');
+    expect(validate.map((f) => [f.code, f.severity])).toEqual([['CONSTRAINT_VALIDATION_SCAN', 'info']]);
+    expect(validate[0]?.message).toContain('SHARE UPDATE EXCLUSIVE on t lets reads and writes continue');
     expect(await codes('UPDATE t SET c = 1 WHERE id < 1000')).toEqual([]);
     expect(await codes('SELECT 1')).toEqual([]);
   });
@@ -142,16 +167,18 @@ describe('risk analysis from the parse tree', () => {
 });
 
 describe('findings that need the live catalog', () => {
-  const execution = { lockTimeoutMs: 2000, lockRetries: 5 };
   it('flags a write to a relation the catalog says is a foreign table, and only then', async () => {
     const { statements } = await analyseSql(
       "INSERT INTO remote_orders VALUES (1); UPDATE orders SET x = 1 WHERE id = 1; COPY remote_orders FROM '/dev/null'",
     );
-    const foreign = assessRisks(statements, execution, { foreignTables: new Set(['remote_orders']) }).filter(
+    const catalog = schemaFacts([tableFacts('remote_orders', { kind: 'f' }), tableFacts('orders')]);
+    const foreign = assessRisks(statements, LIMITS, catalog).findings.filter(
       (f) => f.code === 'FOREIGN_TABLE_WRITE',
     );
     expect(foreign.map((f) => f.statement)).toEqual([1, 3]);
     expect(escapesTransaction(foreign[0] ?? { code: 'DROP_TABLE' })).toBe(true);
-    expect(assessRisks(statements, execution).some((f) => f.code === 'FOREIGN_TABLE_WRITE')).toBe(false);
+    expect(assessRisks(statements, LIMITS).findings.some((f) => f.code === 'FOREIGN_TABLE_WRITE')).toBe(
+      false,
+    );
   });
 });
