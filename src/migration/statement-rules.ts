@@ -264,7 +264,7 @@ function addColumn(ctx: RuleContext, out: EffectBuilder, table: string, column: 
     out.add({
       code: 'ADD_COLUMN_METADATA_ONLY',
       severity: 'info',
-      message: `Adding column ${name} with a ${volatility} default is a catalog change (PostgreSQL 11+): the value is stored once, no row is rewritten.`,
+      message: `Adding column ${name} with a default that is ${volatility}, the same for every row, is a catalog change (PostgreSQL 11+): the value is stored once, no row is rewritten.`,
       safer: null,
     });
   } else if (notNull && !empty) {
