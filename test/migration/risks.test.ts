@@ -182,3 +182,34 @@ describe('findings that need the live catalog', () => {
     );
   });
 });
+
+describe('locks held across the transaction', () => {
+  it('flags a lock on one table held while a later statement works on another', async () => {
+    const { statements } = await analyseSql(
+      "ALTER TABLE accounts ADD COLUMN tier text; UPDATE orders SET note = 'x'",
+    );
+    const held = assessRisks(statements, LIMITS).findings.find((f) => f.code === 'LOCK_HELD_LONG');
+    expect(held).toMatchObject({ statement: 2, severity: 'danger', lock: 'ACCESS EXCLUSIVE on accounts' });
+    expect(held?.message).toContain('accounts stays locked ACCESS EXCLUSIVE (taken by statement 1)');
+  });
+
+  it('holds nothing across statements that commit one by one', async () => {
+    const { statements } = await analyseSql(
+      "ALTER TABLE accounts ADD COLUMN tier text; CREATE INDEX CONCURRENTLY i ON orders (note); UPDATE orders SET note = 'x'",
+    );
+    const { findings, locks } = assessRisks(statements, LIMITS);
+    expect(findings.map((f) => f.code)).not.toContain('LOCK_HELD_LONG');
+    expect(locks.find((lock) => lock.relation === 'accounts')).toMatchObject({ from: 1, to: 1 });
+  });
+
+  it('judges a table known to be empty as instant, and one the migration created as nothing at all', async () => {
+    const { statements } = await analyseSql(
+      'CREATE INDEX i ON accounts (email); CREATE TABLE fresh (id int); CREATE INDEX j ON fresh (id)',
+    );
+    const catalog = schemaFacts([tableFacts('accounts', { empty: true })]);
+    const { findings } = assessRisks(statements, LIMITS, catalog);
+    expect(
+      findings.filter((f) => f.code === 'INDEX_BLOCKS_WRITES').map((f) => [f.statement, f.severity]),
+    ).toEqual([[1, 'info']]);
+  });
+});
