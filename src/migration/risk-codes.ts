@@ -52,6 +52,7 @@ export const RISK_CODES = [
   'MATVIEW_REFRESH_BLOCKS_READS',
   'LOCK_HELD_LONG',
   'TIMEOUT_TIGHTENED',
+  'REFUSED_IN_TRANSACTION',
 ] as const;
 export type RiskCode = (typeof RISK_CODES)[number];
 
@@ -102,6 +103,7 @@ export const RISK_TITLES: Readonly<Record<RiskCode, string>> = {
   MATVIEW_REFRESH_BLOCKS_READS: 'Materialized view refresh blocks reads',
   LOCK_HELD_LONG: 'Lock held through long work',
   TIMEOUT_TIGHTENED: "SQL tightens the gate's timeout",
+  REFUSED_IN_TRANSACTION: 'Refused inside a transaction',
 };
 
 /** Findings at a statement that changes a timeout the reviewer was shown: the executor lets it. */

@@ -847,6 +847,26 @@ function alterDomain(ctx: RuleContext, out: EffectBuilder): void {
   });
 }
 
+/**
+ * CLUSTER and REINDEX of a partitioned table are refused in a transaction block (25001), which only
+ * the catalog can tell: the executor runs them in one, so the migration would fail, rolled back.
+ */
+function refusedOnPartitionedTable(
+  ctx: RuleContext,
+  out: EffectBuilder,
+  table: string | null,
+  what: string,
+): boolean {
+  if (table === null || ctx.facts.table(table)?.kind !== 'p' || !ctx.transactional) return false;
+  out.add({
+    code: 'REFUSED_IN_TRANSACTION',
+    severity: 'danger',
+    message: `${table} is partitioned: Postgres refuses ${what} of a partitioned table inside a transaction (25001), so this migration fails and is rolled back.`,
+    safer: `Run ${what} on each partition instead, or submit it as a request of its own next to a statement that cannot run in a transaction.`,
+  });
+  return true;
+}
+
 function maintenance(ctx: RuleContext, out: EffectBuilder): void {
   const { node, kind } = ctx.statement;
   if (kind === 'ClusterStmt') {
@@ -862,7 +882,7 @@ function maintenance(ctx: RuleContext, out: EffectBuilder): void {
       return;
     }
     out.lock(table, 'ACCESS EXCLUSIVE');
-    if (!existing(ctx, table)) return;
+    if (!existing(ctx, table) || refusedOnPartitionedTable(ctx, out, table, 'CLUSTER')) return;
     out.add({
       code: 'TABLE_REWRITE',
       severity: 'by lock',
@@ -930,7 +950,11 @@ function maintenance(ctx: RuleContext, out: EffectBuilder): void {
       return;
     }
     out.lock(table, 'SHARE');
-    if (!existing(ctx, table)) return;
+    if (
+      !existing(ctx, table) ||
+      refusedOnPartitionedTable(ctx, out, node.kind === 'REINDEX_OBJECT_TABLE' ? table : null, 'REINDEX')
+    )
+      return;
     out.add({
       code: 'REINDEX_BLOCKS_WRITES',
       severity: 'by lock',

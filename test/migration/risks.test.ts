@@ -213,3 +213,23 @@ describe('locks held across the transaction', () => {
     ).toEqual([[1, 'info']]);
   });
 });
+
+describe('statements only the catalog shows Postgres will refuse in a transaction', () => {
+  it('warns that CLUSTER or REINDEX TABLE of a partitioned table fails in the migration transaction', async () => {
+    const catalog = schemaFacts([
+      tableFacts('events', { kind: 'p', partitions: ['events_2024'] }),
+      tableFacts('orders'),
+    ]);
+    for (const sql of ['CLUSTER events USING events_pkey', 'REINDEX TABLE events']) {
+      const { statements } = await analyseSql(sql);
+      expect(
+        assessRisks(statements, LIMITS, catalog).findings.map((f) => [f.code, f.severity]),
+        sql,
+      ).toContainEqual(['REFUSED_IN_TRANSACTION', 'danger']);
+    }
+    const { statements } = await analyseSql('REINDEX TABLE orders');
+    expect(assessRisks(statements, LIMITS, catalog).findings.map((f) => f.code)).not.toContain(
+      'REFUSED_IN_TRANSACTION',
+    );
+  });
+});
