@@ -91,6 +91,31 @@ describe('step-by-step execution of non-transactional statements', () => {
     expect(await rows()).toBe(1);
   });
 
+  it('runs DETACH PARTITION … CONCURRENTLY outside a transaction, as Postgres requires', async () => {
+    const parent = `${table}_events`;
+    await knex.raw(
+      `create table ?? (id int not null, happened date not null) partition by range (happened)`,
+      [parent],
+    );
+    await knex.raw(`create table ?? partition of ?? for values from ('2024-01-01') to ('2025-01-01')`, [
+      `${parent}_2024`,
+      parent,
+    ]);
+    try {
+      const { result } = await executor.run(
+        await job('APR-20260102-009', `ALTER TABLE ${parent} DETACH PARTITION ${parent}_2024 CONCURRENTLY`),
+      );
+      expect(result).toMatchObject({ state: 'succeeded', transactional: false });
+      const attached = await knex.raw(
+        'select count(*)::int as n from pg_inherits where inhparent = ?::regclass',
+        [parent],
+      );
+      expect((attached as { rows: { n: number }[] }).rows[0]?.n).toBe(0);
+    } finally {
+      await knex.raw('drop table if exists ??, ?? cascade', [`${parent}_2024`, parent]);
+    }
+  });
+
   it('stops at a failing statement and says which earlier statements stay applied', async () => {
     const { result } = await executor.run(
       await job(
