@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
 import ClientPgLite from 'knex-pglite';
 import { openPgDatabase, type Database } from '../../src/db/index.js';
 
@@ -53,4 +54,24 @@ export function openEmbeddedKnex(_name: string, config: { client: 'pglite'; path
     dialect: 'postgres',
     connection: config.path === 'memory://' ? {} : { filename: config.path },
   } as Knex.Config);
+}
+
+/**
+ * Why the real test database cannot be reached, or undefined when it can. With CI set, an unreachable
+ * server throws here (the test file fails): CI must never skip what needs Postgres.
+ */
+export async function unreachableTestDatabase(what: string): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: TEST_DATABASE_URL, connectionTimeoutMillis: 3_000 });
+  let reason: string | undefined;
+  try {
+    await client.connect();
+  } catch (error) {
+    reason = String(error);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  if (reason !== undefined && process.env.CI) {
+    throw new Error(`Postgres at ${TEST_DATABASE_URL} is unreachable; CI must not skip ${what}: ${reason}`);
+  }
+  return reason;
 }

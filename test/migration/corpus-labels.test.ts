@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parse } from 'libpg-query';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { TEST_DATABASE_URL, unreachableTestDatabase, uniqueName } from '../helpers/postgres.js';
 import {
   bindCaseSql,
   LOCK_MODES,
@@ -27,24 +27,7 @@ const PROBE_DEADLINE_MS = 10_000;
 
 const corpus = await loadMigrationCorpus();
 
-async function unreachableReason(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: TEST_DATABASE_URL, connectionTimeoutMillis: 3_000 });
-  try {
-    await client.connect();
-    return undefined;
-  } catch (error) {
-    return String(error);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-const unreachable = await unreachableReason();
-if (unreachable !== undefined && process.env.CI) {
-  throw new Error(
-    `Postgres at ${TEST_DATABASE_URL} is unreachable; CI must not skip the corpus: ${unreachable}`,
-  );
-}
+const unreachable = await unreachableTestDatabase('the corpus');
 
 /** Statement texts, split by Postgres' own grammar (byte offsets, hence the Buffer). */
 async function statementsOf(sql: string): Promise<string[]> {

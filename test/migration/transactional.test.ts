@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
-import { TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { TEST_DATABASE_URL, unreachableTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 /**
  * The gate runs a migration in one transaction only when no statement of it is `transactional: false`;
@@ -299,24 +299,7 @@ const CATALOG_DEPENDENT: readonly Case[] = [
   },
 ];
 
-async function unreachableReason(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: TEST_DATABASE_URL, connectionTimeoutMillis: 3_000 });
-  try {
-    await client.connect();
-    return undefined;
-  } catch (error) {
-    return String(error);
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-const unreachable = await unreachableReason();
-if (unreachable !== undefined && process.env.CI) {
-  throw new Error(
-    `Postgres at ${TEST_DATABASE_URL} is unreachable; CI must not skip the transaction-block cases: ${unreachable}`,
-  );
-}
+const unreachable = await unreachableTestDatabase('the transaction-block cases');
 
 const runPrefix = uniqueName('txblock');
 let session: pg.Client;
