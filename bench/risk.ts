@@ -2,14 +2,17 @@
  * How well the risk analysis judges migrations (`npm run bench:risk`): recall on the dangerous cases
  * and false alarms on the safe ones of the labelled corpus (test/fixtures/migrations, every label
  * checked on a real Postgres 15 by corpus-labels.test.ts), for the gate with the live catalog, the
- * gate without it (a static linter's position), and squawk's safety rules run in the same process
- * tree on the same SQL, as the field's floor.
+ * gate without it (a static linter's position), and squawk's safety rules on the same SQL in the same
+ * run, as the field's floor. squawk is not a dependency of the project (its npm package lists a binary
+ * package per platform, which not every registry mirror carries, and `npm ci` would refuse the
+ * lockfile): the bench installs the pinned version into node_modules/.cache on first use.
  *
  *   npm run bench:risk
  *
  * Exit code: 0 when the gate with the catalog misses nothing and raises no false alarm, 1 otherwise.
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -36,12 +39,34 @@ const SQUAWK_NON_SAFETY_RULES = [
   'require-timeout-settings',
 ];
 
-const SQUAWK = path.join(PROJECT_ROOT, 'node_modules', '.bin', 'squawk');
+const SQUAWK_VERSION = '2.66.0';
+const SQUAWK_DIRECTORY = path.join(PROJECT_ROOT, 'node_modules', '.cache', `squawk-cli-${SQUAWK_VERSION}`);
+
+/** The squawk binary, installed on first use; null when it cannot be installed here. */
+function squawkBinary(): string | null {
+  const binary = path.join(SQUAWK_DIRECTORY, 'node_modules', '.bin', 'squawk');
+  if (existsSync(binary)) return binary;
+  const install = spawnSync(
+    'npm',
+    [
+      'install',
+      '--prefix',
+      SQUAWK_DIRECTORY,
+      '--no-save',
+      '--no-package-lock',
+      '--no-audit',
+      '--no-fund',
+      `squawk-cli@${SQUAWK_VERSION}`,
+    ],
+    { encoding: 'utf8' },
+  );
+  return install.status === 0 && existsSync(binary) ? binary : null;
+}
 
 /** squawk's verdict on a case's SQL: the rules it raised, or null when squawk cannot run here. */
-function squawkRules(file: string): string[] | null {
+function squawkRules(squawk: string, file: string): string[] | null {
   const run = spawnSync(
-    SQUAWK,
+    squawk,
     ['--reporter', 'json', '--pg-version', '15', `--exclude=${SQUAWK_NON_SAFETY_RULES.join(',')}`, file],
     {
       encoding: 'utf8',
@@ -85,8 +110,9 @@ async function main(): Promise<number> {
   const directory = await mkdtemp(path.join(tmpdir(), 'approval-gate-bench-risk-'));
   const withCatalog = tally('approval-gate, live catalog');
   const withoutCatalog = tally('approval-gate, SQL only');
-  const squawk = tally('squawk 2.66 (safety rules)');
-  let squawkRan = true;
+  const squawk = squawkBinary();
+  const bySquawk = tally(`squawk ${SQUAWK_VERSION} (safety rules)`);
+  let squawkRan = squawk !== null;
   try {
     for (const [index, entry] of corpus.entries()) {
       const judged = await judge.judge(entry, index);
@@ -94,15 +120,15 @@ async function main(): Promise<number> {
       count(withoutCatalog, entry, flagged(judged.withoutCatalog));
       const file = path.join(directory, `${entry.name}.sql`);
       await writeFile(file, judged.sql);
-      const rules = squawkRules(file);
+      const rules = squawk === null ? null : squawkRules(squawk, file);
       if (rules === null) squawkRan = false;
-      else count(squawk, entry, rules.length > 0);
+      else count(bySquawk, entry, rules.length > 0);
     }
   } finally {
     await judge.close();
     await rm(directory, { recursive: true, force: true });
   }
-  const judges = squawkRan ? [withCatalog, withoutCatalog, squawk] : [withCatalog, withoutCatalog];
+  const judges = squawkRan ? [withCatalog, withoutCatalog, bySquawk] : [withCatalog, withoutCatalog];
   for (const line of table(
     [
       ['judge', 'dangerous caught', 'recall', 'false alarms on safe', 'rate'],
@@ -118,7 +144,7 @@ async function main(): Promise<number> {
   )) {
     say(line);
   }
-  if (!squawkRan) say('(squawk did not run here: npm ci installs it as a dev dependency)');
+  if (!squawkRan) say(`(squawk ${SQUAWK_VERSION} could not be installed or run here, so it is not compared)`);
   say();
   for (const t of judges) {
     if (t.missed.length > 0) say(`${t.name} missed: ${t.missed.join(', ')}`);
