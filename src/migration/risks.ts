@@ -102,7 +102,8 @@ function judge(
   if (created.has(relation)) return null;
   const lock = held.get(relation);
   const lockText = lock ? `${lock.mode} on ${relation}` : null;
-  if (facts.table(relation)?.empty === true) {
+  // Only the lock's cost shrinks with an empty table; a finding dangerous in itself (rows deleted) stays.
+  if (facts.table(relation)?.empty === true && candidate.severity === 'by lock') {
     return {
       code: candidate.code,
       severity: 'info',
@@ -120,11 +121,15 @@ function judge(
         ? ` ${lock.mode} on ${relation}`
         : '';
   const severity = candidate.severity === 'by lock' ? (harmful ? 'danger' : 'info') : candidate.severity;
+  // A finding dangerous in itself (row locks, data lost) says nothing of a table lock that harms no one.
+  const fixed = candidate.severity !== 'by lock';
   const consequence = !lock
     ? ''
     : harmful
       ? `${since} blocks ${matview ? 'reads' : blockedBy(lock.mode)} for as long as it ${does} the table.`
-      : `${since} lets reads and writes continue while it ${does} the table.`;
+      : fixed
+        ? ''
+        : `${since} lets reads and writes continue while it ${does} the table.`;
   return {
     code: candidate.code,
     severity,

@@ -233,3 +233,39 @@ describe('statements only the catalog shows Postgres will refuse in a transactio
     );
   });
 });
+
+describe('what the transaction undoes of a safer pattern', () => {
+  it('says NOT VALID bought nothing when the VALIDATE is in the same transaction', async () => {
+    const { statements } = await analyseSql(
+      'ALTER TABLE orders ADD CONSTRAINT c CHECK (amount > 0) NOT VALID; ALTER TABLE orders VALIDATE CONSTRAINT c',
+    );
+    const validate = assessRisks(statements, LIMITS).findings.find(
+      (f) => f.code === 'CONSTRAINT_VALIDATION_SCAN',
+    );
+    expect(validate).toMatchObject({ statement: 2, severity: 'danger', lock: 'ACCESS EXCLUSIVE on orders' });
+    expect(validate?.message).toContain('NOT VALID bought nothing');
+  });
+
+  it('says a backfill in the same transaction as the ALTER keeps reads waiting for the whole update', async () => {
+    const { statements } = await analyseSql(
+      "ALTER TABLE orders ADD COLUMN region text; UPDATE orders SET region = 'eu'",
+    );
+    const backfill = assessRisks(statements, LIMITS).findings.find((f) => f.code === 'UPDATE_WITHOUT_WHERE');
+    expect(backfill?.message).toContain('ACCESS EXCLUSIVE on orders, taken by statement 1');
+    expect(backfill?.message).toContain('blocks reads and writes for as long as it updates the table');
+    const alone = await analyseSql("UPDATE orders SET region = 'eu'");
+    expect(assessRisks(alone.statements, LIMITS).findings[0]?.message).not.toContain(
+      'lets reads and writes continue',
+    );
+  });
+});
+
+describe('what an empty table spares', () => {
+  it('spares the cost of a lock, never a DELETE of every row', async () => {
+    const catalog = schemaFacts([tableFacts('accounts', { empty: true })]);
+    const { statements } = await analyseSql('DELETE FROM accounts');
+    expect(assessRisks(statements, LIMITS, catalog).findings.map((f) => [f.code, f.severity])).toContainEqual(
+      ['DELETE_WITHOUT_WHERE', 'danger'],
+    );
+  });
+});

@@ -122,6 +122,7 @@ function addConstraint(ctx: RuleContext, out: EffectBuilder, table: string, cons
     const column = notNullColumnOf(constraint.raw_expr);
     if (notValid) {
       checksOf(ctx, table).set(conname, column);
+      ctx.state.addedNotValid.add(`${table} ${conname}`);
       return;
     }
     if (column) prove(ctx, table, column);
@@ -140,6 +141,7 @@ function addConstraint(ctx: RuleContext, out: EffectBuilder, table: string, cons
     out.lock(table, 'SHARE ROW EXCLUSIVE').lock(parent, 'SHARE ROW EXCLUSIVE');
     if (notValid) {
       checksOf(ctx, table).set(conname, null);
+      ctx.state.addedNotValid.add(`${table} ${conname}`);
       return;
     }
     if (!existing(ctx, table)) return;
@@ -197,10 +199,15 @@ function validateConstraint(ctx: RuleContext, out: EffectBuilder, table: string,
   if (column) prove(ctx, table, column);
   checks.delete(name);
   if (!existing(ctx, table)) return;
+  const sameTransaction = ctx.transactional && ctx.state.addedNotValid.has(`${table} ${name}`);
   out.add({
     code: 'CONSTRAINT_VALIDATION_SCAN',
     severity: 'by lock',
-    message: `VALIDATE CONSTRAINT ${name} checks every row of ${table}.`,
+    message:
+      `VALIDATE CONSTRAINT ${name} checks every row of ${table}.` +
+      (sameTransaction
+        ? ` ${name} was added NOT VALID earlier in this same transaction, so NOT VALID bought nothing: the lock that ADD took is still held.`
+        : ''),
     safer: `Validate in a request of its own, after the one that added ${name} NOT VALID has committed.`,
     work: { relation: table, does: 'scans' },
   });

@@ -50,6 +50,8 @@ export interface MigrationState {
   readonly addedEnumLabels: Set<string>;
   /** Old names of tables renamed earlier in this migration. */
   readonly renamedAway: Set<string>;
+  /** `table constraint` of constraints added NOT VALID earlier in this migration. */
+  readonly addedNotValid: Set<string>;
 }
 
 export function newMigrationState(): MigrationState {
@@ -60,6 +62,7 @@ export function newMigrationState(): MigrationState {
     timeZone: null,
     addedEnumLabels: new Set(),
     renamedAway: new Set(),
+    addedNotValid: new Set(),
   };
 }
 

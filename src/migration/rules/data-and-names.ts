@@ -107,12 +107,13 @@ export function updateOrDelete(ctx: RuleContext, out: EffectBuilder): void {
   // Rows deleted are lost whatever the table held when this was requested; an update of an empty
   // table costs nothing.
   if (update && (!existing(ctx, table) || isEmpty(ctx, table))) return;
-  out.long.push(table);
   out.add({
     code: update ? 'UPDATE_WITHOUT_WHERE' : 'DELETE_WITHOUT_WHERE',
     severity: 'danger',
     message: `${update ? 'UPDATE' : 'DELETE'} without WHERE ${update ? 'changes' : 'deletes'} every row of ${table} in one transaction, holding a lock on each row until it commits: writers of those rows wait.`,
     safer: `Add a WHERE clause, or ${update ? 'update' : 'delete'} in batches of a few thousand rows per request.`,
+    // Judged by the table lock too: under an earlier ALTER's ACCESS EXCLUSIVE, reads wait as well.
+    work: { relation: table, does: update ? 'updates' : 'deletes from' },
   });
 }
 
