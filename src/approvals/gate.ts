@@ -319,6 +319,8 @@ export class Gate {
       // restart. Hand it on anyway; execution is idempotent (the ledger), and if the instance that
       // recorded it died before executing, this is what makes the approval run.
       this.#untrack(tracked);
+      // What this instance tells about the request changed too: the decision is in.
+      this.#options.onChanged?.(request.id);
       await this.#options.onDecision(request, standing);
       return;
     }

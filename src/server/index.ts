@@ -1,5 +1,6 @@
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { PipelineHandle } from './handle.js';
+import { registerClientLog } from './client-log.js';
 import { registerApprovalResources } from './resources.js';
 import { registerTools } from './tools/index.js';
 
@@ -11,6 +12,8 @@ export function createServer(gate: PipelineHandle): McpServer {
   const server = new McpServer(
     { name: SERVER_NAME, version: SERVER_VERSION },
     {
+      // MCP logging: the gate's events as notifications/message, for clients that ask (client-log.ts).
+      capabilities: { logging: {} },
       instructions:
         'Database changes go through execute_migration, which asks a human first unless the environment is ' +
         'configured otherwise. While a result is not final (PENDING, or APPROVED while running), call ' +
@@ -19,7 +22,11 @@ export function createServer(gate: PipelineHandle): McpServer {
   );
   registerTools(server, gate);
   const stopResources = registerApprovalResources(server, gate);
+  const stopLog = registerClientLog(server, gate);
   // Whichever side closes the session, stop announcing changes to it.
-  server.server.onclose = stopResources;
+  server.server.onclose = () => {
+    stopResources();
+    stopLog();
+  };
   return server;
 }

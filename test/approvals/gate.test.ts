@@ -174,6 +174,31 @@ describe('gate', () => {
     h.gate.stop();
   });
 
+  it('tells of a decision another instance recorded, as of one it recorded itself', async () => {
+    const h = await harness();
+    await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Dana' });
+    await h.decided;
+    h.gate.stop();
+    const changed: string[] = [];
+    const second = new Gate({
+      store: h.store,
+      audit: new AuditLog(path.join(path.dirname(h.store.approvalsDir), 'state'), () => new Date()),
+      timeZone: null,
+      approversFor: () => null,
+      signersFor: () => null,
+      autoApproval: () => null,
+      clock: () => new Date(),
+      log: silentLogger,
+      recheckIntervalMs: 60_000,
+      watchFiles: false,
+      onDecision: async () => undefined,
+      onChanged: (id) => changed.push(id),
+    });
+    second.track(h.request);
+    await vi.waitFor(() => expect(changed).toContain(h.request.id));
+    second.stop();
+  });
+
   it('ignores edits after the decision: the first decision stands', async () => {
     const h = await harness();
     await decideInFile(h.file, { status: 'REJECTED', decidedBy: 'Dana', reason: 'No' });
