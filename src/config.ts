@@ -90,6 +90,15 @@ const EnvironmentConfig = z
         'With allowed_signers: refuse FIDO (sk-) signatures made without a touch, so an agent driving a loaded ' +
           'ssh-agent cannot sign silently.',
       ),
+    approve_in_client: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Ask for the decision in the MCP client itself (elicitation) when the client can show a form: Approve, ' +
+          'Reject with a reason, or Decide in the file. The answer comes from whoever drives the client, so it is a ' +
+          'convenience for low-risk targets, not an authenticated decision: refused with allowed_signers, and with ' +
+          'an approvers list under require_approval: always.',
+      ),
   })
   .strict();
 
@@ -131,6 +140,14 @@ export const ConfigSchema = z
       .min(1)
       .default('agent')
       .describe('Identity written as requested_by; this identity may never approve its own request.'),
+    local_user: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'The name decisions made in the MCP client (approve_in_client) are recorded under as decided_by; ' +
+          'default: the operating-system user running the server.',
+      ),
     ledger_schema: identifier
       .default('approval_gate')
       .describe("Postgres schema of the gate's own tables (ledger) on each target database."),
@@ -335,6 +352,44 @@ function signingIssues(input: unknown): string[] {
   return issues;
 }
 
+/**
+ * An answer in the MCP client comes from whoever drives the client: never where decisions must be
+ * signed, nor where only listed approvers may decide.
+ */
+function inClientIssues(input: unknown): string[] {
+  if (!isRecord(input) || !isRecord(input.environments)) return [];
+  const issues: string[] = [];
+  const localUser = typeof input.local_user === 'string' ? input.local_user : null;
+  const agent = typeof input.agent_identity === 'string' ? input.agent_identity : 'agent';
+  if (localUser !== null && localUser.toLowerCase() === agent.toLowerCase()) {
+    issues.push(
+      `  - local_user: "${localUser}" is the agent's identity (agent_identity); the requester may never decide`,
+    );
+  }
+  for (const [name, environment] of Object.entries(input.environments)) {
+    if (!isRecord(environment) || environment.approve_in_client !== true) continue;
+    const approvers = Array.isArray(environment.approvers) ? environment.approvers : null;
+    if (environment.allowed_signers !== undefined) {
+      issues.push(
+        `  - environments.${name}.approve_in_client: "${name}" takes signed decisions only (allowed_signers); an answer in the MCP client is not one`,
+      );
+    } else if (approvers && (environment.require_approval ?? 'always') === 'always') {
+      issues.push(
+        `  - environments.${name}.approve_in_client: "${name}" lists its approvers; an answer in the MCP client comes from whoever drives the client`,
+      );
+    } else if (
+      approvers &&
+      localUser !== null &&
+      !approvers.some((a) => typeof a === 'string' && a.toLowerCase() === localUser.toLowerCase())
+    ) {
+      issues.push(
+        `  - environments.${name}.approve_in_client: local_user "${localUser}" is not among the approvers of "${name}", so no answer in the client could count`,
+      );
+    }
+  }
+  return issues;
+}
+
 /** Production-like environments may never skip approval. */
 function productionIssues(input: unknown): string[] {
   if (!isRecord(input) || !isRecord(input.environments)) return [];
@@ -376,7 +431,12 @@ function crossReferenceIssues(input: unknown): string[] {
 /** Validates an already-read config object. `baseDir` anchors relative paths. */
 export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
   const result = ConfigSchema.safeParse(input);
-  const crossIssues = [...crossReferenceIssues(input), ...productionIssues(input), ...signingIssues(input)];
+  const crossIssues = [
+    ...crossReferenceIssues(input),
+    ...productionIssues(input),
+    ...signingIssues(input),
+    ...inClientIssues(input),
+  ];
   if (!result.success || crossIssues.length > 0) {
     const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join(
       '\n',

@@ -11,6 +11,7 @@ import type { RiskFinding } from './migration/risk-codes.js';
 import { systemClock, type Clock } from './time.js';
 import type { Transport } from './trust-anchors.js';
 import { ChangeFeed, type Change } from './service/changes.js';
+import { clientAnswerBar, writeClientAnswer, type ClientAnswer } from './service/client-answer.js';
 import { FileView } from './service/file-view.js';
 import { Findings } from './service/findings.js';
 import type { MigrationRequestInput } from './service/request-input.js';
@@ -58,6 +59,8 @@ export class Pipeline {
   readonly #notifier: Notifier;
   readonly #audit: AuditLog;
   readonly #view: FileView;
+  /** The server's own (stderr) log. */
+  readonly log: Logger;
 
   private constructor(config: Config, store: ApprovalStore, options: PipelineOptions) {
     this.config = config;
@@ -65,6 +68,7 @@ export class Pipeline {
     this.#role = options.role ?? 'server';
     const clock = options.clock ?? systemClock;
     const { log } = options;
+    this.log = log;
     const env = options.env ?? process.env;
     const audit = new AuditLog(config.stateDir, clock);
     this.#audit = audit;
@@ -223,6 +227,25 @@ export class Pipeline {
     who: { readonly requestedBy: string; readonly reason: string },
   ): Promise<{ request: ApprovalRequest; findings: RiskFinding[] }> {
     return this.#requests.requestRollback(id, who);
+  }
+
+  /**
+   * An answer given in the MCP client (approve_in_client), written into the approval file as the edit
+   * a person would make and then judged by the gate like any save. False when the file was decided
+   * (or is being decided) first: the file's word comes first.
+   */
+  async answerInClient(id: string, answer: ClientAnswer, client: string): Promise<boolean> {
+    const request = await this.#store.readRequest(id);
+    if (!request)
+      throw new GateError('APPROVAL_NOT_FOUND', `No approval request ${id} was issued by this server.`);
+    const bar = clientAnswerBar(this.config, request);
+    if (bar !== null)
+      throw new GateError('CLIENT_ANSWER_REFUSED', `${id} cannot be decided in the MCP client: ${bar}.`);
+    const options = { store: this.#store, audit: this.#audit, config: this.config, log: this.log };
+    const written = await writeClientAnswer(options, request, answer, client);
+    // Judged now, not when the file-system event arrives (or the re-check, where there are none).
+    if (written) await this.#gate.check(id);
+    return written;
   }
 
   /** The requester withdraws a pending request; nothing of it ever runs. */

@@ -58,6 +58,27 @@ describe('config', () => {
     expect(error.message).toContain('only "always" is accepted');
   });
 
+  it('allows decisions in the MCP client only where an unauthenticated answer could count', () => {
+    const dev = (settings: Record<string, unknown>, top: Record<string, unknown> = {}) => ({
+      ...minimal,
+      ...top,
+      environments: { dev: { databases: ['main_db'], approve_in_client: true, ...settings } },
+    });
+    expect(parseConfig(dev({}), '/base').environments.dev?.approve_in_client).toBe(true);
+    expect(parseConfig(minimal, '/base').environments.production?.approve_in_client).toBe(false);
+    expect(configError(dev({ allowed_signers: 'signers' })).message).toContain('takes signed decisions only');
+    expect(configError(dev({ approvers: ['Dana Reyes'] })).message).toContain('lists its approvers');
+    // Approvers who decide only real runs: the local user must be one of them.
+    const someApprovers = { approvers: ['Dana Reyes'], require_approval: 'not_for_dry_runs' };
+    expect(parseConfig(dev(someApprovers, { local_user: 'dana reyes' }), '/base').local_user).toBe(
+      'dana reyes',
+    );
+    expect(configError(dev(someApprovers, { local_user: 'Lee Park' })).message).toContain(
+      'not among the approvers',
+    );
+    expect(configError(dev({}, { local_user: 'Agent' })).message).toContain("the agent's identity");
+  });
+
   it('accepts the example config shipped in examples/', () => {
     const config = loadConfig(path.join(import.meta.dirname, '../examples/approval-gate.yaml'));
     expect(config.environments.production?.databases).toEqual(['main_db']);

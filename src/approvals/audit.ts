@@ -12,6 +12,8 @@ export type AuditEvent =
   | 'decision_refused'
   | 'approved'
   | 'rejected'
+  /** The server wrote an answer given in the MCP client into the file (the gate then judges it). */
+  | 'answered_in_client'
   | 'expired'
   | 'voided'
   | 'cancelled'

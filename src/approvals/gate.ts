@@ -623,6 +623,8 @@ export class Gate {
         { approval_id: request.id, status: standing.status },
         'decision already recorded by another instance',
       );
+      // Decided all the same: what this instance tells about the request changed too.
+      this.#options.onChanged?.(request.id);
       await onDecision(request, standing);
       return;
     }

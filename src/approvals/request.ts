@@ -160,6 +160,13 @@ export const ApprovalFrontMatter = z
         "The second approver's SSH signature, when two approvers are required in a signed environment.",
       ),
     comments: z.string().optional(),
+    decided_via: z
+      .literal('mcp-client')
+      .optional()
+      .describe(
+        'Written by the server when the decision was answered in the MCP client (approve_in_client), not typed ' +
+          'here. Informational: the audit trail is the record of where a decision came from.',
+      ),
     gate_error: z.string().optional().describe('Written by the server: why your last edit was not accepted.'),
     execution: z.enum(['not_started', 'running', 'succeeded', 'failed', 'rolled_back', 'unknown']).optional(),
     execution_started_at: z.string().optional(),

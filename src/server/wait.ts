@@ -18,24 +18,36 @@ export async function waitBounded(
 ): Promise<ApprovalStatus> {
   const { wait } = pipeline.config;
   const boundSeconds = Math.min(maxWaitSeconds ?? wait.max_wait_seconds, wait.max_wait_seconds);
-  const progressToken = extra._meta?.progressToken;
   return pipeline.waitForFinal(id, {
     timeoutMs: boundSeconds * 1000,
     tickMs: wait.progress_interval_seconds * 1000,
     signal: extra.signal,
-    onTick: async (status, elapsedMs) => {
-      if (progressToken === undefined) return;
-      await extra
-        .sendNotification({
-          method: 'notifications/progress',
-          params: {
-            progressToken,
-            progress: Math.round(elapsedMs / 1000),
-            total: boundSeconds,
-            message: outcomeOfStatus(status).message,
-          },
-        })
-        .catch(() => undefined);
-    },
+    onTick: (status, elapsedMs) =>
+      sendProgress(extra, elapsedMs / 1000, boundSeconds, outcomeOfStatus(status).message),
   });
+}
+
+/**
+ * One progress notification (seconds waited, of `totalSeconds` when the wait is bounded), when the
+ * client asked for them; a client that has gone away costs nothing.
+ */
+export async function sendProgress(
+  extra: ToolExtra,
+  seconds: number,
+  totalSeconds: number | null,
+  message: string,
+): Promise<void> {
+  const progressToken = extra._meta?.progressToken;
+  if (progressToken === undefined) return;
+  await extra
+    .sendNotification({
+      method: 'notifications/progress',
+      params: {
+        progressToken,
+        progress: Math.round(seconds),
+        ...(totalSeconds !== null ? { total: totalSeconds } : {}),
+        message,
+      },
+    })
+    .catch(() => undefined);
 }

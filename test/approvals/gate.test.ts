@@ -199,6 +199,48 @@ describe('gate', () => {
     second.stop();
   });
 
+  it('tells of the decision when another instance recorded it a moment before this one could', async () => {
+    const h = await harness();
+    h.gate.stop();
+    await decideInFile(h.file, { status: 'APPROVED', decidedBy: 'Dana' });
+    // The other instance records first, after this one read "no decision yet".
+    const theirs = await h.store.recordDecision(h.request.id, {
+      approval_id: h.request.id,
+      request_hash: h.request.request_hash,
+      status: 'APPROVED',
+      decided_by: 'Dana',
+      decided_at: formatTimestamp(new Date()),
+      claimed_decided_at: null,
+      second_approver: null,
+      reason: null,
+      signatures: [],
+    });
+    vi.spyOn(h.store, 'readDecision').mockResolvedValueOnce(null);
+    const changed: string[] = [];
+    const handed: unknown[] = [];
+    const second = new Gate({
+      store: h.store,
+      audit: new AuditLog(path.join(path.dirname(h.store.approvalsDir), 'state'), () => new Date()),
+      timeZone: null,
+      approversFor: () => null,
+      signersFor: () => null,
+      autoApproval: () => null,
+      clock: () => new Date(),
+      log: silentLogger,
+      recheckIntervalMs: 60_000,
+      watchFiles: false,
+      onDecision: (_request, decision) => {
+        handed.push(decision);
+        return Promise.resolve();
+      },
+      onChanged: (id) => changed.push(id),
+    });
+    second.track(h.request);
+    await vi.waitFor(() => expect(handed).toEqual([theirs]));
+    expect(changed).toContain(h.request.id);
+    second.stop();
+  });
+
   it('ignores edits after the decision: the first decision stands', async () => {
     const h = await harness();
     await decideInFile(h.file, { status: 'REJECTED', decidedBy: 'Dana', reason: 'No' });

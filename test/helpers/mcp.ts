@@ -1,6 +1,6 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport, getDefaultEnvironment } from '@modelcontextprotocol/sdk/client/stdio.js';
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import type { CallToolResult, ClientCapabilities } from '@modelcontextprotocol/sdk/types.js';
 import { stdioServerCommand } from '../../src/server/launch.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 
@@ -16,14 +16,18 @@ export interface StdioSession {
   close(): Promise<void>;
 }
 
-/**
- * Spawns the real server over stdio and connects the SDK's client to it. `asUser`: run it as another
- * OS user (through setpriv; the tests run as root in CI), as an MCP client started by that user would.
- */
+export interface StdioOptions {
+  /** Run the server as another OS user (through setpriv; the tests run as root in CI), as an MCP client started by that user would. */
+  readonly asUser?: { readonly uid: number; readonly gid: number };
+  /** What the client declares (elicitation, tasks); none by default, as the plainest client. */
+  readonly capabilities?: ClientCapabilities;
+}
+
+/** Spawns the real server over stdio and connects the SDK's client to it. */
 export async function startStdioServer(
   configPath: string,
   env: Record<string, string> = {},
-  asUser?: { readonly uid: number; readonly gid: number },
+  { asUser, capabilities }: StdioOptions = {},
 ): Promise<StdioSession> {
   const server = stdioServerCommand(configPath);
   const { command, args } = asUser
@@ -51,7 +55,10 @@ export async function startStdioServer(
   transport.stderr?.on('data', (chunk: Buffer) => {
     stderr += chunk.toString('utf8');
   });
-  const client = new Client({ name: 'approval-gate-test', version: '0.0.0' });
+  const client = new Client(
+    { name: 'approval-gate-test', version: '0.0.0' },
+    capabilities ? { capabilities } : undefined,
+  );
   await client.connect(transport);
   return {
     client,

@@ -105,7 +105,11 @@ describe('security: signed decisions with the gate running as the agent’s own 
   it.skipIf(!isRoot)(
     'a reviewer signs with the CLI and the migration runs on the real Postgres',
     async () => {
-      server = await startStdioServer(configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL }, NOBODY);
+      server = await startStdioServer(
+        configPath,
+        { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+        { asUser: NOBODY },
+      );
       const { outcome } = await server.call('execute_migration', addColumn('loyalty_tier'));
       expect(outcome.status, outcome.message).toBe('PENDING');
       const id = outcome.approval_id ?? '';

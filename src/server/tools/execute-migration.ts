@@ -1,10 +1,12 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { ApprovalRequest } from '../../approvals/request.js';
 import type { Config } from '../../config.js';
 import type { Pipeline } from '../../pipeline.js';
 import type { PipelineHandle } from '../handle.js';
 import { MigrationRequestInput } from '../../service/request-input.js';
 import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
 import { waitBounded } from '../wait.js';
+import { askInClient } from '../ask-in-client.js';
 
 /**
  * The request shape with `environment` and `database` offered as the configured names, so an agent
@@ -41,6 +43,12 @@ function environmentNotes(config: Config): string[] {
     ...(settings.allowed_signers !== undefined
       ? [`In ${name}, only a decision SSH-signed by a key in its allowed_signers counts.`]
       : []),
+    ...(settings.approve_in_client
+      ? [
+          `In ${name}, if your client can show forms (elicitation), the call first asks the user there and ` +
+            'waits for that answer (until the request expires), sending progress meanwhile.',
+        ]
+      : []),
   ]);
 }
 
@@ -74,13 +82,14 @@ function toolConfig(config: Config) {
 export function registerExecuteMigrationTool(server: McpServer, gate: PipelineHandle): void {
   server.registerTool('execute_migration', toolConfig(gate.config), async (input, extra) => {
     let pipeline: Pipeline;
-    let id: string;
+    let request: ApprovalRequest;
     try {
       pipeline = await gate.pipeline();
-      id = (await pipeline.submit(input)).request.id;
+      request = (await pipeline.submit(input)).request;
     } catch (error) {
       return toToolResult(outcomeOfRefusal(error));
     }
-    return toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra)));
+    await askInClient(server, pipeline, request, extra);
+    return toToolResult(outcomeOfStatus(await waitBounded(pipeline, request.id, extra)));
   });
 }
