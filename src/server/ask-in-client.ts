@@ -1,4 +1,5 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import type { RequestOptions } from '@modelcontextprotocol/sdk/shared/protocol.js';
 import type { ElicitRequestFormParams } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 import { codeBlock } from '../approvals/markdown.js';
@@ -137,6 +138,26 @@ export function questionText(status: ApprovalStatus, decidedBy: string): string 
   ].join('\n');
 }
 
+/** How a question travels and when it ends, besides a decision made elsewhere. */
+export interface QuestionChannel {
+  /** Ends the question (the tool call was cancelled, the session closed). */
+  readonly signal: AbortSignal;
+  /** With the tool call (relatedRequestId) or, for a task, queued for tasks/result (relatedTask). */
+  readonly sendOptions: Pick<RequestOptions, 'relatedRequestId' | 'relatedTask'>;
+  /** Called every progress interval while the question is open, with the seconds it has been. */
+  readonly onTick?: (seconds: number) => void;
+}
+
+/** The channel of a question asked during a tools/call: progress goes to the call. */
+export function toolCallChannel(extra: ToolExtra, id: string): QuestionChannel {
+  return {
+    signal: extra.signal,
+    sendOptions: { relatedRequestId: extra.requestId },
+    onTick: (seconds) =>
+      void sendProgress(extra, seconds, null, `Waiting for the answer in the client to ${id}.`),
+  };
+}
+
 /**
  * Asks the person at the client for the decision on a pending request and writes their answer into
  * the file; returns once they have answered, declined, or the question was withdrawn. Never throws:
@@ -146,7 +167,7 @@ export async function askInClient(
   server: McpServer,
   pipeline: Pipeline,
   request: ApprovalRequest,
-  extra: ToolExtra,
+  channel: QuestionChannel,
 ): Promise<void> {
   const { log, config } = pipeline;
   const id = request.id;
@@ -162,13 +183,13 @@ export async function askInClient(
   const stopWatching = pipeline.onChange((changed, change) => {
     if (changed === id && change.kind === 'decided') withdraw.abort(new Error(`${id} was decided`));
   });
-  const stopOnCancel = () => withdraw.abort(extra.signal.reason);
-  extra.signal.addEventListener('abort', stopOnCancel, { once: true });
-  let progress: NodeJS.Timeout | undefined;
+  const stopOnCancel = () => withdraw.abort(channel.signal.reason);
+  channel.signal.addEventListener('abort', stopOnCancel, { once: true });
+  let ticks: NodeJS.Timeout | undefined;
   try {
     const status = await pipeline.status(id);
     // Decided between the submit and now (policy, a fast editor): nothing to ask.
-    if (status.decision) return;
+    if (status.decision || channel.signal.aborted) return;
     const decidedBy = localUser(config);
     const question = questionText(status, decidedBy);
     if (question.length > MAX_QUESTION_CHARS) {
@@ -179,14 +200,9 @@ export async function askInClient(
       return;
     }
     const started = Date.now();
-    // Each tick: progress for the client, and a look at the status in case a change went unheard.
-    progress = setInterval(() => {
-      void sendProgress(
-        extra,
-        (Date.now() - started) / 1000,
-        null,
-        `Waiting for the answer in the client to ${id}.`,
-      );
+    // Each tick: the channel's progress, and a look at the status in case a change went unheard.
+    ticks = setInterval(() => {
+      channel.onTick?.((Date.now() - started) / 1000);
       void pipeline.status(id).then(
         (now) => {
           if (now.decision) withdraw.abort(new Error(`${id} was decided`));
@@ -202,7 +218,7 @@ export async function askInClient(
       if (remainingMs <= 0 || withdraw.signal.aborted) return;
       const result = await server.server.elicitInput(
         { mode: 'form', message: `${note}${question}`, requestedSchema: REQUESTED_SCHEMA },
-        { relatedRequestId: extra.requestId, signal: withdraw.signal, timeout: remainingMs },
+        { ...channel.sendOptions, signal: withdraw.signal, timeout: remainingMs },
       );
       if (result.action !== 'accept') {
         log.info(
@@ -232,8 +248,8 @@ export async function askInClient(
         'asking in the MCP client failed; the request stays pending',
       );
   } finally {
-    clearInterval(progress);
+    clearInterval(ticks);
     stopWatching();
-    extra.signal.removeEventListener('abort', stopOnCancel);
+    channel.signal.removeEventListener('abort', stopOnCancel);
   }
 }

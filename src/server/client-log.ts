@@ -17,6 +17,9 @@ import type { PipelineHandle } from './handle.js';
 
 const LEVELS = LoggingLevelSchema.options;
 
+/** How many requests' told events a session remembers (so each is told once). */
+const TOLD_REQUESTS = 1000;
+
 export interface ClientLogEvent {
   readonly level: LoggingLevel;
   readonly event: string;
@@ -95,32 +98,45 @@ export function registerClientLog(server: McpServer, gate: PipelineHandle): () =
     level = request.params.level;
     return Promise.resolve({});
   });
-  /** The last event told per request: a change that tells nothing new is not repeated. */
-  const told = new Map<string, string>();
+  /** Per request: what was told already (each event once), and the chain that keeps them in order. */
+  const told = new Map<string, Set<string>>();
+  const queued = new Map<string, Promise<void>>();
   let stopped = false;
   let stop: () => void = () => undefined;
   void gate.pipeline().then(
     (pipeline) => {
       if (stopped) return;
+      const tell = async (id: string, change: Change): Promise<void> => {
+        const status = await pipeline.status(id);
+        const event = clientLogEvent(status, change);
+        const threshold = level;
+        if (!event || threshold === null || LEVELS.indexOf(event.level) < LEVELS.indexOf(threshold)) return;
+        const key = `${event.event} ${event.message}`;
+        const seen = told.get(id) ?? new Set<string>();
+        if (seen.has(key)) return;
+        seen.add(key);
+        told.set(id, seen);
+        // Bounded: the requests told about longest ago are forgotten first.
+        for (const oldest of told.keys()) {
+          if (told.size <= TOLD_REQUESTS) break;
+          told.delete(oldest);
+        }
+        await server.sendLoggingMessage({
+          level: event.level,
+          logger: 'approval-gate',
+          data: { approval_id: id, event: event.event, message: event.message },
+        });
+      };
       stop = pipeline.onChange((id, change) => {
         if (level === null || change.kind === 'shown' || !server.isConnected()) return;
-        void pipeline
-          .status(id)
-          .then((status) => {
-            const event = clientLogEvent(status, change);
-            const threshold = level;
-            if (!event || threshold === null || LEVELS.indexOf(event.level) < LEVELS.indexOf(threshold))
-              return;
-            const key = `${event.event} ${event.message}`;
-            if (told.get(id) === key) return;
-            told.set(id, key);
-            return server.sendLoggingMessage({
-              level: event.level,
-              logger: 'approval-gate',
-              data: { approval_id: id, event: event.event, message: event.message },
-            });
-          })
+        // Status reads finish in any order: chained per request, events go out as the changes came.
+        const next = (queued.get(id) ?? Promise.resolve())
+          .then(() => tell(id, change))
           .catch(() => undefined);
+        queued.set(id, next);
+        void next.then(() => {
+          if (queued.get(id) === next) queued.delete(id);
+        });
       });
     },
     () => undefined,

@@ -1,5 +1,5 @@
 import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { readFile } from 'node:fs/promises';
 import { updateFrontMatter } from '../../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../../src/approvals/human-edit.js';
@@ -65,16 +65,24 @@ describe('logging to the client', () => {
     let done = await server.call('await_approval', { id });
     while (!done.outcome.final) done = await server.call('await_approval', { id });
     expect(done.outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
+    const eventsOf = () => messages.filter((m) => m.message.includes(id)).map((m) => `${m.level} ${m.event}`);
+    // Each event is sent as its change is seen; the one for the decision may still be on its way.
+    await vi.waitFor(() =>
+      expect(eventsOf(), JSON.stringify(messages)).toEqual(
+        expect.arrayContaining([
+          'info request_written',
+          'notice decision_recorded',
+          'notice execution_finished',
+        ]),
+      ),
+    );
     await new Promise((resolve) => setTimeout(resolve, 300));
-    const events = messages.filter((m) => m.message.includes(id)).map((m) => `${m.level} ${m.event}`);
-    expect(events).toContain('info request_written');
-    expect(events, JSON.stringify(messages)).toContain('notice decision_recorded');
-    expect(events).toContain('notice execution_finished');
+    const events = eventsOf();
     expect(messages.find((m) => m.event === 'decision_recorded')?.message).toContain(
       'APPROVED by Dana Reyes',
     );
     // Every event once.
-    expect(new Set(events).size).toBe(events.length);
+    expect(new Set(events).size, events.join(', ')).toBe(events.length);
     expect(unasked).toEqual([]);
   });
 

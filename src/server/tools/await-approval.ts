@@ -2,7 +2,8 @@ import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { z } from 'zod';
 import { ApprovalId } from '../../approvals/request.js';
 import type { PipelineHandle } from '../handle.js';
-import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
+import { outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
+import { approvalTaskHandler, type ApprovalTasks } from '../tasks.js';
 import { waitBounded } from '../wait.js';
 
 /** The wait bound is the server's configured one, so the descriptions state it rather than a default. */
@@ -38,17 +39,22 @@ function toolConfig(boundSeconds: number) {
   };
 }
 
-export function registerAwaitApprovalTool(server: McpServer, gate: PipelineHandle): void {
-  server.registerTool(
+/** As execute_migration: the approval's task for clients that ask for one, the bounded wait for others. */
+export function registerAwaitApprovalTool(
+  server: McpServer,
+  gate: PipelineHandle,
+  tasks: ApprovalTasks,
+): void {
+  server.experimental.tasks.registerToolTask(
     'await_approval',
-    toolConfig(gate.config.wait.max_wait_seconds),
-    async ({ id, max_wait_seconds }, extra) => {
-      try {
-        const pipeline = await gate.pipeline();
-        return toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra, max_wait_seconds)));
-      } catch (error) {
-        return toToolResult(outcomeOfRefusal(error));
-      }
-    },
+    { ...toolConfig(gate.config.wait.max_wait_seconds), execution: { taskSupport: 'optional' } },
+    approvalTaskHandler(gate, tasks, {
+      // Unknown ids are refused (APPROVAL_NOT_FOUND) before any task exists.
+      start: async ({ id }: { id: string; max_wait_seconds?: number | undefined }, pipeline) =>
+        (await pipeline.status(id)).request.id,
+      inline: async (id, { max_wait_seconds }, pipeline, extra) =>
+        toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra, max_wait_seconds))),
+      followed: (id) => tasks.follow(id, server),
+    }),
   );
 }

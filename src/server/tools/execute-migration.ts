@@ -1,12 +1,11 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
-import type { ApprovalRequest } from '../../approvals/request.js';
 import type { Config } from '../../config.js';
-import type { Pipeline } from '../../pipeline.js';
 import type { PipelineHandle } from '../handle.js';
 import { MigrationRequestInput } from '../../service/request-input.js';
-import { outcomeOfRefusal, outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
+import { outcomeOfStatus, toToolResult, ToolOutcome } from '../outcome.js';
+import { approvalTaskHandler, type ApprovalTasks } from '../tasks.js';
 import { waitBounded } from '../wait.js';
-import { askInClient } from '../ask-in-client.js';
+import { askInClient, toolCallChannel } from '../ask-in-client.js';
 
 /**
  * The request shape with `environment` and `database` offered as the configured names, so an agent
@@ -79,17 +78,34 @@ function toolConfig(config: Config) {
   };
 }
 
-export function registerExecuteMigrationTool(server: McpServer, gate: PipelineHandle): void {
-  server.registerTool('execute_migration', toolConfig(gate.config), async (input, extra) => {
-    let pipeline: Pipeline;
-    let request: ApprovalRequest;
-    try {
-      pipeline = await gate.pipeline();
-      request = (await pipeline.submit(input)).request;
-    } catch (error) {
-      return toToolResult(outcomeOfRefusal(error));
-    }
-    await askInClient(server, pipeline, request, extra);
-    return toToolResult(outcomeOfStatus(await waitBounded(pipeline, request.id, extra)));
-  });
+/**
+ * Runs as a task for clients that ask for one (the approval's task: see tasks.ts); for others it waits
+ * within the bound, as it always has. Either way, where the environment allows it, the person at a
+ * client that can show forms is asked for the decision first (ask-in-client.ts).
+ */
+export function registerExecuteMigrationTool(
+  server: McpServer,
+  gate: PipelineHandle,
+  tasks: ApprovalTasks,
+): void {
+  server.experimental.tasks.registerToolTask(
+    'execute_migration',
+    { ...toolConfig(gate.config), execution: { taskSupport: 'optional' } },
+    approvalTaskHandler(gate, tasks, {
+      start: async (input: MigrationRequestInput, pipeline) => (await pipeline.submit(input)).request.id,
+      inline: async (id, _input, pipeline, extra) => {
+        const { request } = await pipeline.status(id);
+        await askInClient(server, pipeline, request, toolCallChannel(extra, id));
+        return toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra)));
+      },
+      followed: (id, pipeline) => {
+        tasks.follow(id, server);
+        // The question goes with the task: the client fetches it with tasks/result (input_required).
+        void pipeline.status(id).then(
+          ({ request }) => askInClient(server, pipeline, request, tasks.questionChannel(id)),
+          () => undefined,
+        );
+      },
+    }),
+  );
 }

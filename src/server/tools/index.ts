@@ -1,5 +1,6 @@
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import type { PipelineHandle } from '../handle.js';
+import type { ApprovalTasks } from '../tasks.js';
 import { registerAwaitApprovalTool } from './await-approval.js';
 import { registerCancelApprovalTool } from './cancel-approval.js';
 import { registerListApprovalsTool } from './list-approvals.js';
@@ -7,9 +8,9 @@ import { registerExecuteMigrationTool } from './execute-migration.js';
 import { registerGetApprovalStatusTool } from './get-approval-status.js';
 import { registerRequestRollbackTool } from './request-rollback.js';
 
-export function registerTools(server: McpServer, gate: PipelineHandle): void {
-  registerExecuteMigrationTool(server, gate);
-  registerAwaitApprovalTool(server, gate);
+export function registerTools(server: McpServer, gate: PipelineHandle, tasks: ApprovalTasks): void {
+  registerExecuteMigrationTool(server, gate, tasks);
+  registerAwaitApprovalTool(server, gate, tasks);
   registerGetApprovalStatusTool(server, gate);
   registerRequestRollbackTool(server, gate);
   registerListApprovalsTool(server, gate);
