@@ -12,6 +12,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport, getDefaultEnvironment } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { ClientCapabilities } from '@modelcontextprotocol/sdk/types.js';
 import { stringify } from 'yaml';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { saveAs, type SaveStyle } from '../src/approvals/human-edit.js';
@@ -82,7 +83,11 @@ export interface Workspace {
  * A temporary workspace whose one database is the real Postgres (connection string from
  * DATABASE_URL_ENV), with its own ledger schema; requests never expire during a run.
  */
-export async function createWorkspace(ledgerSchema: string, maxWaitSeconds: number): Promise<Workspace> {
+export async function createWorkspace(
+  ledgerSchema: string,
+  maxWaitSeconds: number,
+  overrides: Partial<ConfigInput> = {},
+): Promise<Workspace> {
   const dir = await mkdtemp(path.join(tmpdir(), 'approval-gate-bench-'));
   const week = 7 * 24 * 60;
   const input: ConfigInput = {
@@ -95,6 +100,7 @@ export async function createWorkspace(ledgerSchema: string, maxWaitSeconds: numb
     // The agent's execute_migration call itself waits for the decision and the result; gate and
     // everything else keep their defaults (a 5 s safety-net recheck, file-system events).
     wait: { max_wait_seconds: maxWaitSeconds, progress_interval_seconds: 5 },
+    ...overrides,
   };
   const configPath = path.join(dir, 'approval-gate.yaml');
   try {
@@ -129,6 +135,7 @@ const STDERR_TAIL_CHARS = 4000;
 export async function spawnOverStdio(
   args: readonly string[],
   env: Record<string, string> = {},
+  capabilities?: ClientCapabilities,
 ): Promise<Spawned> {
   const transport = new StdioClientTransport({
     command: process.execPath,
@@ -141,7 +148,10 @@ export async function spawnOverStdio(
   transport.stderr?.on('data', (chunk: Buffer) => {
     stderr = (stderr + chunk.toString('utf8')).slice(-STDERR_TAIL_CHARS);
   });
-  const client = new Client({ name: 'approval-gate-bench', version: '0.1.0' });
+  const client = new Client(
+    { name: 'approval-gate-bench', version: '0.1.0' },
+    capabilities ? { capabilities } : undefined,
+  );
   const started = performance.now();
   try {
     await client.connect(transport);
@@ -155,11 +165,18 @@ export async function spawnOverStdio(
   return { client, pid, initializeMs, stderrTail: () => stderr, close: () => client.close() };
 }
 
-/** The real server, built, in stdio mode on `workspace`. */
-export function spawnServer(build: Build, workspace: Workspace, databaseUrl: string): Promise<Spawned> {
-  return spawnOverStdio([build.cli, 'serve', '--config', workspace.configPath], {
-    [DATABASE_URL_ENV]: databaseUrl,
-  });
+/** The real server, built, in stdio mode on `workspace`; `capabilities`: what the client declares. */
+export function spawnServer(
+  build: Build,
+  workspace: Workspace,
+  databaseUrl: string,
+  capabilities?: ClientCapabilities,
+): Promise<Spawned> {
+  return spawnOverStdio(
+    [build.cli, 'serve', '--config', workspace.configPath],
+    { [DATABASE_URL_ENV]: databaseUrl },
+    capabilities,
+  );
 }
 
 /**
@@ -246,9 +263,13 @@ export function migrationSql(schema: string, token: string): string {
 }
 
 /** The agent's request: the same for every migration the benches make. */
-export function requestArgs(schema: string, token: string): Record<string, unknown> {
+export function requestArgs(
+  schema: string,
+  token: string,
+  environment = 'production',
+): Record<string, unknown> {
   return {
-    environment: 'production',
+    environment,
     database: 'main_db',
     sql: migrationSql(schema, token),
     title: `Bench: create ${token}`,

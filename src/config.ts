@@ -96,8 +96,9 @@ const EnvironmentConfig = z
       .describe(
         'Ask for the decision in the MCP client itself (elicitation) when the client can show a form: Approve, ' +
           'Reject with a reason, or Decide in the file. The answer comes from whoever drives the client, so it is a ' +
-          'convenience for low-risk targets, not an authenticated decision: refused with allowed_signers, and with ' +
-          'an approvers list under require_approval: always.',
+          'convenience for low-risk targets, not an authenticated decision: refused for production-like names, with ' +
+          'allowed_signers, and with an approvers list under require_approval: always. Turn it on only where the ' +
+          'client shows its forms to a person, never where the agent itself answers them.',
       ),
   })
   .strict();
@@ -369,7 +370,11 @@ function inClientIssues(input: unknown): string[] {
   for (const [name, environment] of Object.entries(input.environments)) {
     if (!isRecord(environment) || environment.approve_in_client !== true) continue;
     const approvers = Array.isArray(environment.approvers) ? environment.approvers : null;
-    if (environment.allowed_signers !== undefined) {
+    if (/prod/i.test(name)) {
+      issues.push(
+        `  - environments.${name}.approve_in_client: "${name}" is a production environment; its decisions are made in the file`,
+      );
+    } else if (environment.allowed_signers !== undefined) {
       issues.push(
         `  - environments.${name}.approve_in_client: "${name}" takes signed decisions only (allowed_signers); an answer in the MCP client is not one`,
       );

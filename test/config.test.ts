@@ -77,6 +77,11 @@ describe('config', () => {
       'not among the approvers',
     );
     expect(configError(dev({}, { local_user: 'Agent' })).message).toContain("the agent's identity");
+    const production = {
+      ...minimal,
+      environments: { production: { databases: ['main_db'], approve_in_client: true } },
+    };
+    expect(configError(production).message).toContain('is a production environment');
   });
 
   it('accepts the example config shipped in examples/', () => {

@@ -150,7 +150,8 @@ export class ApprovalTasks implements TaskStore {
     const inline = !wasAskedAsTask(request);
     if (!inline && typeof approvalId === 'string') {
       const task = await this.getTask(approvalId);
-      if (task) return task;
+      if (!task) throw new Error(`No approval request ${approvalId} to make a task of.`);
+      return task;
     }
     const now = new Date().toISOString();
     const task: Task = {
