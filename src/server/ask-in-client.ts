@@ -4,7 +4,6 @@ import type { ElicitRequestFormParams } from '@modelcontextprotocol/sdk/types.js
 import { z } from 'zod';
 import { codeBlock } from '../approvals/markdown.js';
 import { describeError } from '../errors.js';
-import type { ApprovalRequest } from '../approvals/request.js';
 import type { RiskFinding } from '../migration/risk-codes.js';
 import type { ApprovalStatus, Pipeline } from '../pipeline.js';
 import { clientAnswerBar, localUser, type ClientAnswer } from '../service/client-answer.js';
@@ -146,6 +145,8 @@ export interface QuestionChannel {
   readonly sendOptions: Pick<RequestOptions, 'relatedRequestId' | 'relatedTask'>;
   /** Called every progress interval while the question is open, with the seconds it has been. */
   readonly onTick?: (seconds: number) => void;
+  /** Called once the question is over (answered, declined or withdrawn). */
+  readonly onEnd?: () => void;
 }
 
 /** The channel of a question asked during a tools/call: progress goes to the call. */
@@ -166,18 +167,13 @@ export function toolCallChannel(extra: ToolExtra, id: string): QuestionChannel {
 export async function askInClient(
   server: McpServer,
   pipeline: Pipeline,
-  request: ApprovalRequest,
+  id: string,
+  environment: string,
   channel: QuestionChannel,
 ): Promise<void> {
   const { log, config } = pipeline;
-  const id = request.id;
-  if (!config.environments[request.command.environment]?.approve_in_client || !clientCanShowForms(server))
-    return;
-  const bar = clientAnswerBar(config, request);
-  if (bar !== null) {
-    log.warn({ approval_id: id }, `not asking in the MCP client: ${bar}`);
-    return;
-  }
+  // Nothing is read for a request no one will be asked about.
+  if (!config.environments[environment]?.approve_in_client || !clientCanShowForms(server)) return;
   // Watching before the status is read: a decision in between withdraws the question too.
   const withdraw = new AbortController();
   const stopWatching = pipeline.onChange((changed, change) => {
@@ -188,8 +184,14 @@ export async function askInClient(
   let ticks: NodeJS.Timeout | undefined;
   try {
     const status = await pipeline.status(id);
+    const { request } = status;
     // Decided between the submit and now (policy, a fast editor): nothing to ask.
     if (status.decision || channel.signal.aborted) return;
+    const bar = clientAnswerBar(config, request);
+    if (bar !== null) {
+      log.warn({ approval_id: id }, `not asking in the MCP client: ${bar}`);
+      return;
+    }
     const decidedBy = localUser(config);
     const question = questionText(status, decidedBy);
     if (question.length > MAX_QUESTION_CHARS) {
@@ -251,5 +253,6 @@ export async function askInClient(
     clearInterval(ticks);
     stopWatching();
     channel.signal.removeEventListener('abort', stopOnCancel);
+    channel.onEnd?.();
   }
 }

@@ -4,7 +4,6 @@ import { registerClientLog } from './client-log.js';
 import { registerApprovalResources } from './resources.js';
 import { registerTools } from './tools/index.js';
 import { ApprovalTasks } from './tasks.js';
-import { InMemoryTaskMessageQueue } from '@modelcontextprotocol/sdk/experimental/tasks/stores/in-memory.js';
 
 export const SERVER_NAME = 'approval-gate';
 export const SERVER_VERSION = '0.1.0';
@@ -23,7 +22,7 @@ export function createServer(gate: PipelineHandle): McpServer {
         tasks: { list: {}, cancel: {}, requests: { tools: { call: {} } } },
       },
       taskStore: tasks,
-      taskMessageQueue: new InMemoryTaskMessageQueue(),
+      taskMessageQueue: tasks.messageQueue,
       instructions:
         'Database changes go through execute_migration, which asks a human first unless the environment is ' +
         'configured otherwise. While a result is not final (PENDING, or APPROVED while running), call ' +

@@ -10,6 +10,7 @@ import type {
   TaskRequestHandlerExtra,
 } from '@modelcontextprotocol/sdk/experimental/tasks/interfaces.js';
 import type { CreateTaskResult } from '@modelcontextprotocol/sdk/experimental/tasks/types.js';
+import { InMemoryTaskMessageQueue } from '@modelcontextprotocol/sdk/experimental/tasks/stores/in-memory.js';
 import type {
   CallToolResult,
   GetTaskResult,
@@ -98,6 +99,8 @@ export class ApprovalTasks implements TaskStore {
   /** Tasks this session created, with the last status told about each (see follow). */
   readonly #followed = new Map<string, string>();
   readonly #closed = new AbortController();
+  /** Messages for this session's tasks (the questions asked in the client), until tasks/result fetches them. */
+  readonly messageQueue = new InMemoryTaskMessageQueue();
   #watching: Promise<() => void> | null = null;
 
   constructor(gate: PipelineHandle) {
@@ -130,9 +133,17 @@ export class ApprovalTasks implements TaskStore {
       .catch(() => undefined);
   }
 
-  /** How a question about task `id` reaches the client: queued for its tasks/result, while the session lasts. */
+  /**
+   * How a question about task `id` reaches the client: queued for its tasks/result, while the session
+   * lasts. A question that is over leaves the queue, so a client that fetches it late is not asked
+   * about a request decided meanwhile.
+   */
   questionChannel(id: string): QuestionChannel {
-    return { signal: this.#closed.signal, sendOptions: { relatedTask: { taskId: id } } };
+    return {
+      signal: this.#closed.signal,
+      sendOptions: { relatedTask: { taskId: id } },
+      onEnd: () => void this.messageQueue.dequeueAll(id),
+    };
   }
 
   /** The session ended: no more notifications, and open questions are withdrawn. */
@@ -257,7 +268,7 @@ export interface ApprovalTaskWork<A> {
     extra: CreateTaskRequestHandlerExtra,
   ): Promise<CallToolResult>;
   /** A task was created for request `id`: anything to do meanwhile (ask in the client). */
-  followed?(id: string, pipeline: Pipeline): void;
+  followed?(id: string, args: A, pipeline: Pipeline): void;
 }
 
 /**
@@ -282,7 +293,7 @@ export function approvalTaskHandler<A>(
       const context = 'id' in started ? { approval_id: started.id } : {};
       const task = await extra.taskStore.createTask({ ttl: null, pollInterval: TASK_POLL_MS, context });
       if ('id' in started && !tasks.isInline(task.taskId)) {
-        work.followed?.(started.id, started.pipeline);
+        work.followed?.(started.id, args, started.pipeline);
         return { task };
       }
       const result =

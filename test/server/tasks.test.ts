@@ -220,4 +220,29 @@ describe('MCP tasks', () => {
     });
     expect(await tableExists('asked_in_task')).toBe(true);
   });
+
+  it('drops a question withdrawn before the client fetched it: no form for a request decided meanwhile', async () => {
+    const session = await connect({ elicitation: { form: {} } });
+    const questions: string[] = [];
+    session.client.setRequestHandler(ElicitRequestSchema, (request) => {
+      questions.push(request.params.message);
+      return Promise.resolve({ action: 'decline' });
+    });
+    const task = await startTask(session, 'execute_migration', migration('decided_first', 'dev'));
+    const { outcome } = await session.call('get_approval_status', { id: task.taskId });
+    await decideInFile(outcome.file ?? '', {
+      status: 'REJECTED',
+      decidedBy: 'Lee Park',
+      reason: 'In the file.',
+    });
+    await vi.waitFor(async () => expect(await taskStatus(session, task.taskId)).toBe('failed'), {
+      timeout: 20_000,
+    });
+    const result = await session.client.experimental.tasks.getTaskResult(task.taskId, CallToolResultSchema);
+    expect(result.structuredContent as ToolOutcome).toMatchObject({
+      status: 'REJECTED',
+      decided_by: 'Lee Park',
+    });
+    expect(questions).toEqual([]);
+  });
 });

@@ -93,18 +93,14 @@ export function registerExecuteMigrationTool(
     { ...toolConfig(gate.config), execution: { taskSupport: 'optional' } },
     approvalTaskHandler(gate, tasks, {
       start: async (input: MigrationRequestInput, pipeline) => (await pipeline.submit(input)).request.id,
-      inline: async (id, _input, pipeline, extra) => {
-        const { request } = await pipeline.status(id);
-        await askInClient(server, pipeline, request, toolCallChannel(extra, id));
+      inline: async (id, input, pipeline, extra) => {
+        await askInClient(server, pipeline, id, input.environment, toolCallChannel(extra, id));
         return toToolResult(outcomeOfStatus(await waitBounded(pipeline, id, extra)));
       },
-      followed: (id, pipeline) => {
+      followed: (id, input, pipeline) => {
         tasks.follow(id, server);
         // The question goes with the task: the client fetches it with tasks/result (input_required).
-        void pipeline.status(id).then(
-          ({ request }) => askInClient(server, pipeline, request, tasks.questionChannel(id)),
-          () => undefined,
-        );
+        void askInClient(server, pipeline, id, input.environment, tasks.questionChannel(id));
       },
     }),
   );
