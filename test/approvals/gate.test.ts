@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import { AuditLog } from '../../src/approvals/audit.js';
 import { RACY_STAMP_MS, unchangedSinceRead, type FileStamp } from '../../src/approvals/file-stamp.js';
-import { Gate } from '../../src/approvals/gate.js';
+import { Gate, type GateOptions } from '../../src/approvals/gate.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { renderApprovalFile } from '../../src/approvals/render.js';
 import type { ApprovalRequest, Decision } from '../../src/approvals/request.js';
@@ -31,6 +31,26 @@ interface HarnessOptions {
   readonly fullReadEveryMs?: number;
   /** Backdate the file before the gate first reads it, so its stamp is trusted at once. */
   readonly aged?: boolean;
+}
+
+/** A second server's gate over the same store: no file events, its own clock, a recheck far off. */
+function anotherInstance(
+  store: ApprovalStore,
+  callbacks: Pick<GateOptions, 'onDecision' | 'onChanged'>,
+): Gate {
+  return new Gate({
+    store,
+    audit: new AuditLog(path.join(path.dirname(store.approvalsDir), 'state'), () => new Date()),
+    timeZone: null,
+    approversFor: () => null,
+    signersFor: () => null,
+    autoApproval: () => null,
+    clock: () => new Date(),
+    log: silentLogger,
+    recheckIntervalMs: 60_000,
+    watchFiles: false,
+    ...callbacks,
+  });
 }
 
 async function harness(options: HarnessOptions = {}): Promise<Harness> {
@@ -180,17 +200,7 @@ describe('gate', () => {
     await h.decided;
     h.gate.stop();
     const changed: string[] = [];
-    const second = new Gate({
-      store: h.store,
-      audit: new AuditLog(path.join(path.dirname(h.store.approvalsDir), 'state'), () => new Date()),
-      timeZone: null,
-      approversFor: () => null,
-      signersFor: () => null,
-      autoApproval: () => null,
-      clock: () => new Date(),
-      log: silentLogger,
-      recheckIntervalMs: 60_000,
-      watchFiles: false,
+    const second = anotherInstance(h.store, {
       onDecision: async () => undefined,
       onChanged: (id) => changed.push(id),
     });
@@ -218,17 +228,7 @@ describe('gate', () => {
     vi.spyOn(h.store, 'readDecision').mockResolvedValueOnce(null);
     const changed: string[] = [];
     const handed: unknown[] = [];
-    const second = new Gate({
-      store: h.store,
-      audit: new AuditLog(path.join(path.dirname(h.store.approvalsDir), 'state'), () => new Date()),
-      timeZone: null,
-      approversFor: () => null,
-      signersFor: () => null,
-      autoApproval: () => null,
-      clock: () => new Date(),
-      log: silentLogger,
-      recheckIntervalMs: 60_000,
-      watchFiles: false,
+    const second = anotherInstance(h.store, {
       onDecision: (_request, decision) => {
         handed.push(decision);
         return Promise.resolve();
