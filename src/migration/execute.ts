@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { GATE_MIGRATION_NAMES, gateMigrationSource } from '../../migrations/index.js';
 import { withAdvisoryLock, withTransaction, type Database, type SqlSession } from '../db/index.js';
 import { describeError, GateError } from '../errors.js';
 import { crashPoint } from '../faults.js';
 import { ExecutionAborted, sentByFailedCommit, type Sent } from './aborted.js';
 import { lineAndColumn, relationsOf, type AnalysedStatement } from './analyse.js';
 import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
+import { prepareLedger } from './ledger.js';
 import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
 import { readWatchedSettings, settingsBreach, withJobSession, type WatchedSettings } from './session.js';
 
@@ -245,17 +245,6 @@ function totalRows(statements: readonly StatementOutcome[]): number | null {
 const json = (value: unknown) => (typeof value === 'string' ? (JSON.parse(value) as unknown) : value);
 const iso = (value: unknown) => (value instanceof Date ? value.toISOString() : String(value));
 
-/** The gate migrations knex has recorded as applied in `schema` (none before the first). */
-async function appliedMigrations(session: SqlSession, schema: string): Promise<Set<string>> {
-  const table = `"${schema}".knex_migrations`;
-  const { rows: present } = await session.query('select pg_catalog.to_regclass($1) is not null as present', [
-    table,
-  ]);
-  if (present[0]?.present !== true) return new Set();
-  const { rows } = await session.query(`select name from ${table}`);
-  return new Set(rows.map((row) => String(row.name)));
-}
-
 /**
  * Runs approved migrations at most once, even across crashes and instances.
  *
@@ -300,35 +289,17 @@ export class Executor {
   /** Creates or upgrades the gate's own tables (migrations/), once per process. */
   prepare(): Promise<void> {
     const schema = this.#options.ledgerSchema;
-    this.#prepared ??= this.#database
-      // First contact goes through withClient: no connection at all is DATABASE_UNREACHABLE.
-      .withClient(async (session) => {
-        await session.query(`create schema if not exists "${schema}"`);
-        return appliedMigrations(session, schema);
-      })
-      .then(async (applied) => {
-        // knex (and its migration lock) only when there is something to migrate: a gate whose ledger
-        // is up to date never loads it.
-        if (GATE_MIGRATION_NAMES.every((name) => applied.has(name))) return;
-        await this.#database.withKnex((knex) =>
-          knex.migrate.latest({
-            migrationSource: gateMigrationSource(schema),
-            schemaName: schema,
-            tableName: 'knex_migrations',
-          }),
-        );
-      })
-      .catch((error: unknown) => {
-        this.#prepared = null;
-        // Not the ledger's fault: the caller reports (or waits out) these as they are.
-        if (error instanceof GateError && ['DATABASE_UNREACHABLE', 'DATABASE_LOCKED'].includes(error.code))
-          throw error;
-        throw new GateError(
-          'LEDGER_UNAVAILABLE',
-          `Cannot create the gate's ledger in schema "${schema}": ${error instanceof Error ? error.message : String(error)}`,
-          { cause: error },
-        );
-      });
+    this.#prepared ??= prepareLedger(this.#database, schema).catch((error: unknown) => {
+      this.#prepared = null;
+      // Not the ledger's fault: the caller reports (or waits out) these as they are.
+      if (error instanceof GateError && ['DATABASE_UNREACHABLE', 'DATABASE_LOCKED'].includes(error.code))
+        throw error;
+      throw new GateError(
+        'LEDGER_UNAVAILABLE',
+        `Cannot create the gate's ledger in schema "${schema}": ${error instanceof Error ? error.message : String(error)}`,
+        { cause: error },
+      );
+    });
     return this.#prepared;
   }
 

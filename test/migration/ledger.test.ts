@@ -1,0 +1,41 @@
+import type { Knex } from 'knex';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GATE_MIGRATION_NAMES } from '../../migrations/index.js';
+import { prepareLedger } from '../../src/migration/ledger.js';
+import { connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
+
+/*
+ * The gate's ledger on the real server, prepared by several gates at once: server instances started
+ * together on a new database each create the schema and run the gate's migrations.
+ */
+
+let knex: Knex;
+const schemas: string[] = [];
+
+beforeAll(async () => {
+  knex = await connectTestDatabase();
+});
+
+afterAll(async () => {
+  for (const schema of schemas) await knex.raw('drop schema if exists ?? cascade', [schema]);
+  await knex.destroy();
+});
+
+describe('the ledger', () => {
+  it('is made once when several gates prepare it at the same moment, and none of them fails', async () => {
+    for (let round = 0; round < 3; round += 1) {
+      const schema = uniqueName('gate_ledger_race');
+      schemas.push(schema);
+      // Each gate its own pool, as separate server processes have.
+      const gates = Array.from({ length: 4 }, () => openTestDatabase());
+      try {
+        const settled = await Promise.allSettled(gates.map((gate) => prepareLedger(gate, schema)));
+        expect(settled.filter((s) => s.status === 'rejected')).toEqual([]);
+      } finally {
+        await Promise.all(gates.map((gate) => gate.close()));
+      }
+      const applied = await knex.withSchema(schema).select('name').from('knex_migrations');
+      expect(applied.map((row: { name: string }) => row.name)).toEqual([...GATE_MIGRATION_NAMES]);
+    }
+  });
+});
