@@ -48,7 +48,10 @@ const EnvironmentConfig = z
     databases: z
       .array(z.string().min(1))
       .min(1)
-      .describe('Logical database names this environment may target.'),
+      .describe(
+        'Logical database names this environment may target. Each database belongs to one environment: the agent ' +
+          "names the environment, so a database in two would let it pick the weaker one's policy.",
+      ),
     approvers: z
       .array(z.string().min(1))
       .min(1)
@@ -433,6 +436,51 @@ function crossReferenceIssues(input: unknown): string[] {
   return issues;
 }
 
+/**
+ * Each database belongs to exactly one environment, under one name. The agent names the environment
+ * of its request: a database listed by two environments, or reached under two names (the same
+ * connection variable, the same embedded data directory) from two, would let it pick the weaker
+ * environment's policy (no signatures, no approvers list, an auto-approval, a risk finding allowed)
+ * for the other's database, and the file would show the weaker environment's name to the reviewer.
+ */
+function databaseOwnershipIssues(input: unknown, baseDir: string): string[] {
+  if (!isRecord(input) || !isRecord(input.environments)) return [];
+  const issues: string[] = [];
+  const owners = new Map<string, string[]>();
+  for (const [name, environment] of Object.entries(input.environments)) {
+    if (!isRecord(environment) || !Array.isArray(environment.databases)) continue;
+    for (const database of new Set(environment.databases)) {
+      if (typeof database === 'string') owners.set(database, [...(owners.get(database) ?? []), name]);
+    }
+  }
+  for (const [database, environments] of owners) {
+    if (environments.length < 2) continue;
+    issues.push(
+      `  - environments: database "${database}" is listed by ${environments.map((e) => `"${e}"`).join(' and ')}; ` +
+        'list each database in one environment (the agent chooses the environment, and with it the policy)',
+    );
+  }
+  if (!isRecord(input.databases)) return issues;
+  const byTarget = new Map<string, string[]>();
+  for (const [name, database] of Object.entries(input.databases)) {
+    if (!isRecord(database)) continue;
+    const target =
+      database.client === 'pg' && typeof database.connection_env === 'string'
+        ? `the connection variable ${database.connection_env}`
+        : database.client === 'pglite' && typeof database.path === 'string' && database.path !== 'memory://'
+          ? `the data directory ${path.resolve(baseDir, database.path)}`
+          : null;
+    if (target !== null) byTarget.set(target, [...(byTarget.get(target) ?? []), name]);
+  }
+  for (const [target, names] of byTarget) {
+    if (names.length < 2) continue;
+    issues.push(
+      `  - databases: ${names.map((n) => `"${n}"`).join(' and ')} are one database (${target}); give each database one name`,
+    );
+  }
+  return issues;
+}
+
 /** Validates an already-read config object. `baseDir` anchors relative paths. */
 export function parseConfig(input: unknown, baseDir: string, configPath: string | null = null): Config {
   const result = ConfigSchema.safeParse(input);
@@ -441,6 +489,7 @@ export function parseConfig(input: unknown, baseDir: string, configPath: string 
     ...productionIssues(input),
     ...signingIssues(input),
     ...inClientIssues(input),
+    ...databaseOwnershipIssues(input, baseDir),
   ];
   if (!result.success || crossIssues.length > 0) {
     const listed = [...(result.success ? [] : [formatIssues(result.error.issues)]), ...crossIssues].join(

@@ -95,7 +95,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     approvals_dir: 'approvals',
     state_dir: 'state',
     databases: { main_db: { client: 'pglite', path: 'pgdata' } },
-    environments: { production: { databases: ['main_db'] }, staging: { databases: ['main_db'] } },
+    environments: { production: { databases: ['main_db'] } },
   };
   const configPath = path.join(workspace, 'approval-gate.yaml');
   await writeFile(configPath, stringify(config));

@@ -4,7 +4,7 @@ import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, startLiveServer, type LiveServer } from './helpers/cli.js';
 import type { StdioSession } from './helpers/mcp.js';
-import { columnsOf, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import { columnsOf, uniqueName, TEST_DATABASE_ENV } from './helpers/postgres.js';
 import type { Workspace } from './helpers/workspace.js';
 
 /* approve / reject report only what the live server said about this very edit. */
@@ -14,7 +14,7 @@ let workspace: Workspace;
 let server: StdioSession;
 const table = uniqueName('cli_decide');
 const ledgerSchema = uniqueName('gate_cli_decide');
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 
 const cli = (...args: string[]) => runCli([...args, '--config', workspace.configPath], env);
 

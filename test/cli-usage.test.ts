@@ -5,12 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../src/server/launch.js';
 import { runCli, startLiveServer, type LiveServer } from './helpers/cli.js';
 import type { StdioSession } from './helpers/mcp.js';
-import { TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import { uniqueName, TEST_DATABASE_ENV } from './helpers/postgres.js';
 import type { Workspace } from './helpers/workspace.js';
 
 /* How the CLI treats what people type: usage errors, --version, id case, a missing config. */
 
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 
 const cli = (...args: string[]) => runCli(args, env);
 

@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, startLiveServer, type LiveServer } from './helpers/cli.js';
 import type { StdioSession } from './helpers/mcp.js';
-import { columnsOf, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import { columnsOf, uniqueName, TEST_DATABASE_ENV } from './helpers/postgres.js';
 import type { Workspace } from './helpers/workspace.js';
 
 /* The approvers' CLI against a live server: the gate treats its edits exactly like hand edits. */
@@ -12,7 +12,7 @@ let workspace: Workspace;
 let server: StdioSession;
 const table = uniqueName('cli');
 const ledgerSchema = uniqueName('gate_cli');
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 
 const cli = (...args: string[]) => runCli([...args, '--config', workspace.configPath], env);
 

@@ -84,6 +84,49 @@ describe('config', () => {
     expect(configError(production).message).toContain('is a production environment');
   });
 
+  it('gives each database to one environment, so the agent cannot pick a weaker policy for it', () => {
+    // The agent names the environment: production's signatures would not guard main_db from staging.
+    const shared = configError({
+      ...minimal,
+      environments: {
+        production: { databases: ['main_db'], allowed_signers: 'signers' },
+        staging: { databases: ['main_db'], approve_in_client: true },
+      },
+    });
+    expect(shared.message).toContain('database "main_db" is listed by "production" and "staging"');
+    // The same database under two names: the same connection variable, the same data directory.
+    const aliased = configError({
+      databases: {
+        main_db: { client: 'pg', connection_env: 'MAIN_DB_URL' },
+        also_main: { client: 'pg', connection_env: 'MAIN_DB_URL' },
+        local_db: { client: 'pglite', path: './pgdata' },
+        also_local: { client: 'pglite', path: 'data/../pgdata' },
+      },
+      environments: {
+        production: { databases: ['main_db', 'local_db'] },
+        dev: { databases: ['also_main', 'also_local'], require_approval: 'never' },
+      },
+    });
+    expect(aliased.message).toContain(
+      '"main_db" and "also_main" are one database (the connection variable MAIN_DB_URL)',
+    );
+    expect(aliased.message).toContain(
+      '"local_db" and "also_local" are one database (the data directory /base/pgdata)',
+    );
+    // Each in-memory database is a database of its own.
+    const memory = parseConfig(
+      {
+        databases: {
+          scratch_a: { client: 'pglite', path: 'memory://' },
+          scratch_b: { client: 'pglite', path: 'memory://' },
+        },
+        environments: { dev: { databases: ['scratch_a'] }, test: { databases: ['scratch_b'] } },
+      },
+      '/base',
+    );
+    expect(Object.keys(memory.databases)).toEqual(['scratch_a', 'scratch_b']);
+  });
+
   it('accepts the example config shipped in examples/', () => {
     const config = loadConfig(path.join(import.meta.dirname, '../examples/approval-gate.yaml'));
     expect(config.environments.production?.databases).toEqual(['main_db']);

@@ -11,6 +11,7 @@ let pipeline: Pipeline;
 beforeAll(async () => {
   const workspace = await createWorkspace({
     databases: { main_db: { client: 'pglite', path: 'memory://' } },
+    environments: { staging: { databases: ['main_db'] } },
   });
   pipeline = await Pipeline.open(workspace.config, { log: silentLogger });
 });

@@ -10,7 +10,13 @@ import { readFile, stat } from 'node:fs/promises';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
 import { waitForFileText } from './helpers/files.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from './helpers/postgres.js';
+import {
+  columnsOf,
+  connectTestDatabase,
+  TEST_DATABASE_URL,
+  uniqueName,
+  TEST_DATABASE_ENV,
+} from './helpers/postgres.js';
 import { createWorkspace, type Workspace } from './helpers/workspace.js';
 
 let knex: Knex;
@@ -24,11 +30,14 @@ beforeAll(async () => {
   workspace = await createWorkspace({
     ledger_schema: ledgerSchema,
     migrations_dir: 'db/migrations',
+    databases: {
+      main_db: { client: 'pg', connection_env: 'TEST_MAIN_DB_URL' },
+      qa_db: { client: 'pg', connection_env: 'TEST_QA_DB_URL' },
+    },
     environments: {
-      production: { databases: ['main_db'] },
       staging: { databases: ['main_db'] },
       qa: {
-        databases: ['main_db'],
+        databases: ['qa_db'],
         require_approval: 'not_for_dry_runs',
         risk_policy: { DROP_TABLE: 'refuse', TRUNCATE: 'two_approvers' },
       },
@@ -39,7 +48,7 @@ beforeAll(async () => {
   await symlink(path.join(workspace.dir, 'secret.sql'), path.join(workspace.dir, 'db/migrations/escape.sql'));
   pipeline = await Pipeline.open(workspace.config, {
     log: silentLogger,
-    env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+    env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL, TEST_QA_DB_URL: TEST_DATABASE_URL },
   });
 });
 
@@ -185,7 +194,7 @@ describe('environment policy', () => {
     await expect(
       pipeline.submit({
         environment: 'qa',
-        database: 'main_db',
+        database: 'qa_db',
         sql: 'DROP TABLE IF EXISTS nothing_here',
         title: 'Drop',
         reason: 'Policy says no.',
@@ -200,7 +209,7 @@ describe('environment policy', () => {
       await knex.raw('insert into ?? select from generate_series(1, 2)', [table]);
       const { request } = await pipeline.submit({
         environment: 'qa',
-        database: 'main_db',
+        database: 'qa_db',
         sql: `TRUNCATE ${table}`,
         title: 'Truncate',
         reason: 'Needs two people.',
@@ -240,7 +249,7 @@ describe('environment policy', () => {
   it('runs dry runs without a human where the environment allows it, and nothing else', async () => {
     const { request } = await pipeline.submit({
       environment: 'qa',
-      database: 'main_db',
+      database: 'qa_db',
       sql: 'SELECT 1',
       dry_run: true,
       title: 'Rehearsal',
@@ -253,7 +262,7 @@ describe('environment policy', () => {
     });
     const { request: real } = await pipeline.submit({
       environment: 'qa',
-      database: 'main_db',
+      database: 'qa_db',
       sql: 'SELECT 1',
       title: 'Real',
       reason: 'This one waits for a human.',
@@ -343,7 +352,7 @@ describe('security: a decision and a record are bound to one request', () => {
     await writeFile(file, (await readFile(file, 'utf8')).replaceAll('VALUES (7)', 'VALUES (666)'));
     const restarted = await Pipeline.open(workspace.config, {
       log: silentLogger,
-      env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+      env: TEST_DATABASE_ENV,
     });
     try {
       await expect(restarted.status(request.id)).rejects.toMatchObject({ code: 'RECORD_TAMPERED' });
@@ -417,14 +426,14 @@ describe('two installations on one database and one ledger schema', () => {
     await knex.schema.createTable(table, (t) => t.integer('n'));
     const open = async () => {
       const ws = await createWorkspace({ ledger_schema: shared });
-      return Pipeline.open(ws.config, { log: silentLogger, env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL } });
+      return Pipeline.open(ws.config, { log: silentLogger, env: TEST_DATABASE_ENV });
     };
     const [first, second] = [await open(), await open()];
     try {
       const ids: string[] = [];
       for (const [n, installation] of [first, second].entries()) {
         const { request } = await installation.submit({
-          environment: 'staging',
+          environment: 'production',
           database: 'main_db',
           sql: `INSERT INTO ${table} VALUES (${n + 1})`,
           title: `Installation ${n + 1}`,
@@ -483,7 +492,7 @@ describe('an outage does not burn an approval', () => {
     });
     try {
       const { request } = await gate.submit({
-        environment: 'staging',
+        environment: 'production',
         database: 'main_db',
         sql: `INSERT INTO ${table} VALUES (1)`,
         title: 'Insert during an outage',
@@ -523,7 +532,7 @@ describe('an outage does not burn an approval', () => {
     try {
       const refused = await gate
         .submit({
-          environment: 'staging',
+          environment: 'production',
           database: 'main_db',
           sql: 'SELECT 1',
           title: 'Nobody home',

@@ -9,7 +9,7 @@ import type { Decision } from '../../src/approvals/request.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { sampleContext, sampleRequest } from '../helpers/requests.js';
 import { createWorkspace } from '../helpers/workspace.js';
 
@@ -159,7 +159,7 @@ describe('the pipeline shows the decision when it writes the outcome', () => {
     const workspace = await createWorkspace({ ledger_schema: ledgerSchema });
     pipeline = await Pipeline.open(workspace.config, {
       log: silentLogger,
-      env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+      env: TEST_DATABASE_ENV,
     });
   });
 
@@ -172,7 +172,7 @@ describe('the pipeline shows the decision when it writes the outcome', () => {
   it('says APPROVED and who approved in the section after an approved run', async () => {
     const { request: submitted } = await pipeline.submit({
       environment: 'staging',
-      database: 'main_db',
+      database: 'staging_db',
       sql: 'SELECT 1',
       title: 'Display',
       reason: `Checking the display.\n\n${lookAlike}`,

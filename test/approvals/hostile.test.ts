@@ -9,7 +9,7 @@ import { RESULT_MARKER } from '../../src/approvals/render.js';
 import { hashCommand, type ApprovalRequest } from '../../src/approvals/request.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline, type ApprovalStatus } from '../../src/pipeline.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { columnsOf, connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -104,14 +104,14 @@ beforeAll(async () => {
     ledger_schema: ledgerSchema,
     environments: {
       production: { databases: ['main_db'], approvers: ['Dana Reyes', 'Sam Okafor'] },
-      staging: { databases: ['main_db'] },
+      staging: { databases: ['staging_db'] },
     },
     expiry_minutes: { critical: 15, high: 60, medium: 240, low: 0.05 },
     gate: { recheck_interval_ms: 500, watch_files: true },
   });
   pipeline = await Pipeline.open(workspace.config, {
     log: silentLogger,
-    env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+    env: TEST_DATABASE_ENV,
   });
 });
 
@@ -132,7 +132,7 @@ async function runCase(index: number, fixture: Fixture): Promise<CaseResult> {
   const column = `c_${index}`;
   const { request } = await pipeline.submit({
     environment: fixture.environment ?? 'production',
-    database: 'main_db',
+    database: (fixture.environment ?? 'production') === 'production' ? 'main_db' : 'staging_db',
     sql: `ALTER TABLE ${table} ADD COLUMN ${column} int`,
     rollback_sql: `ALTER TABLE ${table} DROP COLUMN ${column}`,
     dry_run: fixture.dry_run ?? false,

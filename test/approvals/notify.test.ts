@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { webhookPayload } from '../../src/approvals/notify.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { sampleRequest } from '../helpers/requests.js';
 import { createWorkspace } from '../helpers/workspace.js';
 
@@ -44,7 +44,7 @@ async function pipelineWithWebhook(url: string, timeoutMs = 5000): Promise<Pipel
     ledger_schema: schema,
     notify: { webhook: { url, format: 'json', retries: 1, timeout_ms: timeoutMs }, terminal_bell: false },
   });
-  return Pipeline.open(workspace.config, { log: silentLogger, env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL } });
+  return Pipeline.open(workspace.config, { log: silentLogger, env: TEST_DATABASE_ENV });
 }
 
 const request = {

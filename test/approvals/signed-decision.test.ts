@@ -10,7 +10,13 @@ import { decideCommand, type Output } from '../../src/commands.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import {
+  columnsOf,
+  connectTestDatabase,
+  uniqueName,
+  TEST_DATABASE_ENV,
+  TEST_DATABASE_URL,
+} from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -35,25 +41,38 @@ function keygen(dir: string, name: string, type: string): string {
   return file;
 }
 
+const env = {
+  ...TEST_DATABASE_ENV,
+  TEST_CRITICAL_DB_URL: TEST_DATABASE_URL,
+  TEST_STRICT_DB_URL: TEST_DATABASE_URL,
+};
+
 beforeAll(async () => {
   knex = await connectTestDatabase();
   await knex.schema.createTable(table, (t) => t.increments('id'));
   workspace = await createWorkspace({
     ledger_schema: ledgerSchema,
+    // The test database once for each environment (a database belongs to one).
+    databases: {
+      main_db: { client: 'pg', connection_env: 'TEST_MAIN_DB_URL' },
+      critical_db: { client: 'pg', connection_env: 'TEST_CRITICAL_DB_URL' },
+      strict_db: { client: 'pg', connection_env: 'TEST_STRICT_DB_URL' },
+      staging_db: { client: 'pg', connection_env: 'TEST_STAGING_DB_URL' },
+    },
     environments: {
       production: { databases: ['main_db'], allowed_signers: 'allowed_signers' },
       // Every ALTER here carries LOCK_TIMEOUT_ENFORCED: the policy turns it into two approvers.
       critical: {
-        databases: ['main_db'],
+        databases: ['critical_db'],
         allowed_signers: 'allowed_signers',
         risk_policy: { LOCK_TIMEOUT_ENFORCED: 'two_approvers' },
       },
       strict: {
-        databases: ['main_db'],
+        databases: ['strict_db'],
         allowed_signers: 'strict_signers',
         revoked_keys: 'revoked_keys',
       },
-      staging: { databases: ['main_db'] },
+      staging: { databases: ['staging_db'] },
     },
   });
   keys.dana = keygen(workspace.dir, 'dana', 'ed25519');
@@ -75,7 +94,7 @@ beforeAll(async () => {
   await writeFile(path.join(workspace.dir, 'revoked_keys'), `${await pub(keys.sam)}\n`, { mode: 0o644 });
   pipeline = await Pipeline.open(workspace.config, {
     log: silentLogger,
-    env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+    env,
     transport: 'http',
   });
 });
@@ -93,7 +112,7 @@ async function request(environment = 'production'): Promise<{ request: ApprovalR
   const column = `c_${serial}`;
   const { request: stored } = await pipeline.submit({
     environment,
-    database: 'main_db',
+    database: environment === 'production' ? 'main_db' : `${environment}_db`,
     sql: `ALTER TABLE ${table} ADD COLUMN ${column} int`,
     title: `Signed case ${serial}`,
     reason: 'Proving which decisions count in a signed environment.',
@@ -302,7 +321,7 @@ describe('security: decisions the agent cannot forge', () => {
       // Recorded, not only in memory: after a restart it is still final, never "running".
       const restarted = await Pipeline.open(workspace.config, {
         log: silentLogger,
-        env: { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
+        env,
         transport: 'http',
       });
       try {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import type { Knex } from 'knex';
 import { PROJECT_ROOT } from '../../src/server/launch.js';
 import { startStdioServer, type StdioSession } from './mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL } from './postgres.js';
+import { connectTestDatabase, TEST_DATABASE_ENV } from './postgres.js';
 import { createWorkspace, type Workspace } from './workspace.js';
 
 export interface CliRun {
@@ -45,7 +45,7 @@ export async function startLiveServer(table: string, ledgerSchema: string): Prom
     ledger_schema: ledgerSchema,
     wait: { max_wait_seconds: 0.2, progress_interval_seconds: 0.1 },
   });
-  const server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+  const server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
   return {
     knex,
     workspace,

@@ -7,6 +7,16 @@ import { openPgDatabase, type Database } from '../../src/db/index.js';
 /** The real server on this machine. CI must fail, never skip, when it does not answer. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
+/**
+ * The connection variables of the test workspace's databases (helpers/workspace.ts): main_db,
+ * staging_db and dev_db, one config entry per environment, all the one test database.
+ */
+export const TEST_DATABASE_ENV = {
+  TEST_MAIN_DB_URL: TEST_DATABASE_URL,
+  TEST_STAGING_DB_URL: TEST_DATABASE_URL,
+  TEST_DEV_DB_URL: TEST_DATABASE_URL,
+} as const;
+
 export function uniqueName(prefix: string): string {
   return `${prefix}_${randomBytes(4).toString('hex')}`;
 }

@@ -16,8 +16,13 @@ export async function createWorkspace(overrides: Partial<ConfigInput> = {}): Pro
   const input: ConfigInput = {
     approvals_dir: 'approvals',
     state_dir: 'state',
-    databases: { main_db: { client: 'pg', connection_env: 'TEST_MAIN_DB_URL' } },
-    environments: { production: { databases: ['main_db'] }, staging: { databases: ['main_db'] } },
+    // Each database belongs to one environment: the test database under one name for each.
+    databases: {
+      main_db: { client: 'pg', connection_env: 'TEST_MAIN_DB_URL' },
+      staging_db: { client: 'pg', connection_env: 'TEST_STAGING_DB_URL' },
+      dev_db: { client: 'pg', connection_env: 'TEST_DEV_DB_URL' },
+    },
+    environments: { production: { databases: ['main_db'] }, staging: { databases: ['staging_db'] } },
     wait: { max_wait_seconds: 20, progress_interval_seconds: 0.5 },
     gate: { recheck_interval_ms: 1000 },
     executor: { lock_timeout_ms: 1000, statement_timeout_ms: 30_000 },

@@ -10,7 +10,7 @@ import { analyseSql } from '../../src/migration/analyse.js';
 import { DRY_RUN_REFUSED_CODES } from '../../src/migration/risk-codes.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { decodeEntities, renderedText, SERVER_HEADINGS, terminalView } from '../helpers/views.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
@@ -144,7 +144,7 @@ async function callUntilFinal(id: string): Promise<ToolOutcome> {
 async function request(args: Arguments, fixture: Fixture, expectation: Expectation, label: string) {
   const { outcome } = await server.call('execute_migration', {
     environment: fixture.environment ?? 'staging',
-    database: 'main_db',
+    database: fixture.environment === 'production' ? 'main_db' : 'staging_db',
     title: 'Agent corpus request',
     reason: 'A request from the agent-side corpus; see the fixture.',
     priority: 'high',
@@ -177,7 +177,7 @@ beforeAll(async () => {
   workspace = await createWorkspace({
     ledger_schema: ledgerSchema,
     environments: {
-      staging: { databases: ['main_db'] },
+      staging: { databases: ['staging_db'] },
       production: {
         databases: ['main_db'],
         risk_policy: Object.fromEntries(refusedProduction.map((code) => [code, 'refuse'])),
@@ -186,7 +186,7 @@ beforeAll(async () => {
     wait: { max_wait_seconds: 1, progress_interval_seconds: 0.5 },
     gate: { recheck_interval_ms: 500 },
   });
-  server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+  server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
 });
 
 afterAll(async () => {
@@ -248,7 +248,7 @@ describe('security: the agent-side corpus, through the real server and the real 
   it('a decision copied onto a twin request with identical SQL does not run it again', async () => {
     const twin = {
       environment: 'staging',
-      database: 'main_db',
+      database: 'staging_db',
       sql: `INSERT INTO ${victim} VALUES (42)`,
       title: 'Twin request',
       reason: 'Identical SQL twice: one approval must never run both.',

@@ -7,7 +7,7 @@ import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import { GUTTER } from '../../src/server/ask-in-client.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { decodeEntities, renderedText } from '../helpers/views.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
@@ -30,7 +30,7 @@ const answerers: Answerer[] = [];
 const questions: string[] = [];
 const withdrawn: string[] = [];
 
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 
 beforeAll(async () => {
   knex = await connectTestDatabase();
@@ -40,7 +40,7 @@ beforeAll(async () => {
     local_user: 'Dana Reyes',
     environments: {
       production: { databases: ['main_db'] },
-      dev: { databases: ['main_db'], approve_in_client: true },
+      dev: { databases: ['dev_db'], approve_in_client: true },
     },
     wait: { max_wait_seconds: 2, progress_interval_seconds: 0.5 },
   });
@@ -73,7 +73,7 @@ const answer =
 function migration(table: string, environment = 'dev') {
   return {
     environment,
-    database: 'main_db',
+    database: environment === 'dev' ? 'dev_db' : 'main_db',
     sql: `CREATE TABLE ${schema}.${table} (id int)`,
     rollback_sql: `DROP TABLE ${schema}.${table}`,
     title: `Create ${table}`,
@@ -107,7 +107,7 @@ describe('approve in the client', () => {
     const question = questions.at(-1) ?? '';
     expect(question).toContain(`CREATE TABLE ${schema}.approved_here (id int)`);
     expect(question).toContain(`DROP TABLE ${schema}.approved_here`);
-    expect(question).toContain('environment dev, database main_db');
+    expect(question).toContain('environment dev, database dev_db');
     expect(question).toContain('decided by Dana Reyes');
     expect(await frontMatter(outcome.file)).toMatchObject({
       status: 'APPROVED',

@@ -4,7 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { updateFrontMatter } from '../../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../../src/approvals/human-edit.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace } from '../helpers/workspace.js';
 
 /* MCP logging through the real stdio transport: the gate's events reach clients that asked. */
@@ -34,8 +34,8 @@ beforeAll(async () => {
     ledger_schema: ledgerSchema,
     wait: { max_wait_seconds: 1, progress_interval_seconds: 0.5 },
   });
-  server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
-  quiet = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+  server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
+  quiet = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
 });
 
 afterAll(async () => {
@@ -54,7 +54,7 @@ describe('logging to the client', () => {
     await server.client.setLoggingLevel('info');
     const first = await server.call('execute_migration', {
       environment: 'staging',
-      database: 'main_db',
+      database: 'staging_db',
       sql: 'SELECT 1',
       title: 'Logged to the client',
       reason: 'Checking MCP logging.',
@@ -91,7 +91,7 @@ describe('logging to the client', () => {
     await server.client.setLoggingLevel('warning');
     const first = await server.call('execute_migration', {
       environment: 'staging',
-      database: 'main_db',
+      database: 'staging_db',
       sql: 'SELECT 2',
       title: 'Only warnings, please',
       reason: 'Checking the level.',

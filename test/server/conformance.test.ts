@@ -13,7 +13,7 @@ import type { ToolOutcome } from '../../src/server/outcome.js';
 import { silentLogger } from '../helpers/log.js';
 import {
   connectTestDatabase,
-  TEST_DATABASE_URL,
+  TEST_DATABASE_ENV,
   unreachableTestDatabase,
   uniqueName,
 } from '../helpers/postgres.js';
@@ -121,7 +121,7 @@ describe.skipIf(unreachable !== undefined)(
         wait: { max_wait_seconds: 0.2, progress_interval_seconds: 0.1 },
       });
       process.env.APPROVAL_GATE_TOKEN = TOKEN;
-      process.env.TEST_MAIN_DB_URL = TEST_DATABASE_URL;
+      Object.assign(process.env, TEST_DATABASE_ENV);
       handle = await serveHttp(workspace.config, silentLogger, { port: 0 });
       proxy = await startTokenProxy(handle.url, TOKEN);
 
@@ -168,7 +168,7 @@ describe.skipIf(unreachable !== undefined)(
         name: 'execute_migration',
         arguments: {
           environment: 'staging',
-          database: 'main_db',
+          database: 'staging_db',
           sql: `ALTER TABLE ${table} ADD COLUMN note text`,
           title,
           reason: 'A request for the conformance run to see; never decided.',

@@ -6,7 +6,7 @@ import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import type { CrashPoint } from '../../src/faults.js';
 import { nextApprovalFile, waitForFileText } from '../helpers/files.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace } from '../helpers/workspace.js';
 
 /*
@@ -53,7 +53,7 @@ async function ledgerRows(schema: string, id: string): Promise<{ state: string }
   return knex.withSchema(schema).table('ledger').where({ approval_id: id });
 }
 
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 
 describe('two server instances on one approvals directory and database', () => {
   it('execute one approval exactly once, and both callers get the same result', async () => {

@@ -14,7 +14,13 @@ import { silentLogger } from '../helpers/log.js';
 import { stdioServerCommand } from '../../src/server/launch.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import {
+  columnsOf,
+  connectTestDatabase,
+  TEST_DATABASE_URL,
+  uniqueName,
+  TEST_DATABASE_ENV,
+} from '../helpers/postgres.js';
 
 /*
  * The deployment the issue asks to hold: the MCP client (and so the agent) runs as an ordinary user,
@@ -105,11 +111,7 @@ describe('security: signed decisions with the gate running as the agent’s own 
   it.skipIf(!isRoot)(
     'a reviewer signs with the CLI and the migration runs on the real Postgres',
     async () => {
-      server = await startStdioServer(
-        configPath,
-        { TEST_MAIN_DB_URL: TEST_DATABASE_URL },
-        { asUser: NOBODY },
-      );
+      server = await startStdioServer(configPath, TEST_DATABASE_ENV, { asUser: NOBODY });
       const { outcome } = await server.call('execute_migration', addColumn('loyalty_tier'));
       expect(outcome.status, outcome.message).toBe('PENDING');
       const id = outcome.approval_id ?? '';

@@ -24,7 +24,10 @@ async function columns(dataDir: string): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  workspace = await createWorkspace({ databases: { main_db: { client: 'pglite', path: 'pgdata' } } });
+  workspace = await createWorkspace({
+    databases: { main_db: { client: 'pglite', path: 'pgdata' } },
+    environments: { production: { databases: ['main_db'] } },
+  });
   const dataDir = path.join(workspace.dir, 'pgdata');
   const knex = openDatabase('main_db', { client: 'pglite', path: dataDir });
   await knex.schema.createTable('customers', (t) => {
@@ -43,7 +46,7 @@ afterAll(async () => {
 describe('the embedded PGlite database', () => {
   it('runs the approved reference migration, dry runs without changes, and refuses after rejection', async () => {
     const rehearsal = server.call('execute_migration', {
-      environment: 'staging',
+      environment: 'production',
       database: 'main_db',
       sql: 'ALTER TABLE customers ADD COLUMN rehearsal int',
       dry_run: true,
@@ -109,7 +112,7 @@ describe('the embedded PGlite database', () => {
     // A second process on the same embedded database is refused instead of corrupting it.
     const second = await startStdioServer(workspace.configPath);
     const refused = await second.call('execute_migration', {
-      environment: 'staging',
+      environment: 'production',
       database: 'main_db',
       sql: 'SELECT 1',
       title: 'Second process',

@@ -11,7 +11,13 @@ import { decideInFile, saveAs, type SaveStyle } from '../../src/approvals/human-
 import { parseApprovalText, updateFrontMatter } from '../../src/approvals/frontmatter.js';
 import { approvalFileNames, nextApprovalFile, waitForFileText } from '../helpers/files.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { columnsOf, connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import {
+  columnsOf,
+  connectTestDatabase,
+  TEST_DATABASE_URL,
+  uniqueName,
+  TEST_DATABASE_ENV,
+} from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -245,7 +251,7 @@ describe('decisions that take longer than the wait bound', () => {
       wait: { max_wait_seconds: 1.5, progress_interval_seconds: 0.4 },
       expiry_minutes: { critical: 15, high: 60, medium: 240, low: 0.05 },
     });
-    server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+    server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
   });
   afterAll(async () => {
     await server.close();
@@ -335,7 +341,7 @@ describe('decisions that take longer than the wait bound', () => {
     await server.close();
     // The human decides while no server is running at all.
     await decideInFile(first.outcome.file ?? '', { status: 'APPROVED', decidedBy: 'Dana' });
-    server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+    server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
     const awaited = await server.call('await_approval', { id: first.outcome.approval_id });
     expect(awaited.outcome).toMatchObject({ status: 'APPROVED', execution: 'succeeded' });
     expect(await columnsOf(knex, table)).toContain('after_restart');

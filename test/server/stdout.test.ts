@@ -15,7 +15,7 @@ import { createWorkspace, type Workspace } from '../helpers/workspace.js';
  */
 
 const UNREACHABLE_DB_URL = 'postgres://postgres@127.0.0.1:1/none';
-const env = { ...process.env, TEST_MAIN_DB_URL: UNREACHABLE_DB_URL };
+const env = { ...process.env, TEST_MAIN_DB_URL: UNREACHABLE_DB_URL, TEST_STAGING_DB_URL: UNREACHABLE_DB_URL };
 const KNEX_TEXT = /Acquire connection error|Knex:/;
 
 type Run = CliRun;
@@ -93,7 +93,7 @@ describe('stdout belongs to the protocol', () => {
             name: 'execute_migration',
             arguments: {
               environment: 'staging',
-              database: 'main_db',
+              database: 'staging_db',
               sql: 'SELECT 1',
               title: 'Probe an unreachable database',
               reason: 'Checking that nothing but JSON-RPC reaches stdout.',
@@ -114,7 +114,7 @@ describe('stdout belongs to the protocol', () => {
     }
     // The refusal is not lost: it is a log line on stderr.
     expect(run.stderr).toMatch(
-      /"code":"DATABASE_UNREACHABLE","msg":"request refused: The database .*main_db.* could not be reached/,
+      /"code":"DATABASE_UNREACHABLE","msg":"request refused: The database .*staging_db.* could not be reached/,
     );
   });
 

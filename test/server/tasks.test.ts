@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -21,7 +21,7 @@ import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 const ledgerSchema = uniqueName('gate_tasks');
 const schema = uniqueName('tasks');
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 let knex: Knex;
 let workspace: Workspace;
 const sessions: StdioSession[] = [];
@@ -33,8 +33,8 @@ beforeAll(async () => {
     ledger_schema: ledgerSchema,
     local_user: 'Dana Reyes',
     environments: {
-      staging: { databases: ['main_db'] },
-      dev: { databases: ['main_db'], approve_in_client: true },
+      staging: { databases: ['staging_db'] },
+      dev: { databases: ['dev_db'], approve_in_client: true },
     },
     wait: { max_wait_seconds: 1, progress_interval_seconds: 0.5 },
   });
@@ -57,7 +57,7 @@ async function connect(capabilities = {}): Promise<StdioSession> {
 function migration(table: string, environment = 'staging') {
   return {
     environment,
-    database: 'main_db',
+    database: environment === 'dev' ? 'dev_db' : 'staging_db',
     sql: `CREATE TABLE ${schema}.${table} (id int)`,
     title: `Create ${table}`,
     reason: 'Checking tasks.',

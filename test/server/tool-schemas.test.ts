@@ -1,7 +1,7 @@
 import type { Tool } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
-import { TEST_DATABASE_URL } from '../helpers/postgres.js';
+import { TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 /*
@@ -37,15 +37,16 @@ beforeAll(async () => {
   workspace = await createWorkspace({
     databases: {
       main_db: { client: 'pg', connection_env: 'TEST_MAIN_DB_URL' },
+      staging_db: { client: 'pg', connection_env: 'TEST_STAGING_DB_URL' },
       local_db: { client: 'pglite', path: 'memory://' },
       unlisted_db: { client: 'pglite', path: 'memory://' },
     },
     environments: {
       production: { databases: ['main_db'] },
-      staging: { databases: ['main_db', 'local_db'], require_approval: 'not_for_dry_runs' },
+      staging: { databases: ['staging_db', 'local_db'], require_approval: 'not_for_dry_runs' },
     },
   });
-  server = await startStdioServer(workspace.configPath, { TEST_MAIN_DB_URL: TEST_DATABASE_URL });
+  server = await startStdioServer(workspace.configPath, TEST_DATABASE_ENV);
   tools = new Map((await server.client.listTools()).tools.map((t) => [t.name, t]));
 });
 
@@ -61,11 +62,11 @@ describe('execute_migration offers the configured targets', () => {
   });
 
   it('lists only databases some environment names as the enum of database', () => {
-    expect(property('execute_migration', 'database').enum).toEqual(['main_db', 'local_db']);
+    expect(property('execute_migration', 'database').enum).toEqual(['main_db', 'staging_db', 'local_db']);
   });
 
   it('describes which databases each environment may target', () => {
-    const pairs = 'production: main_db; staging: main_db, local_db';
+    const pairs = 'production: main_db; staging: staging_db, local_db';
     expect(property('execute_migration', 'environment').description).toContain(pairs);
     expect(property('execute_migration', 'database').description).toContain(pairs);
   });

@@ -7,11 +7,11 @@ import { ApprovalStore } from '../../src/approvals/store.js';
 import { silentLogger } from '../helpers/log.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { waitForFileText } from '../helpers/files.js';
-import { connectTestDatabase, TEST_DATABASE_URL, uniqueName } from '../helpers/postgres.js';
+import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
 let knex: Knex;
-const env = { TEST_MAIN_DB_URL: TEST_DATABASE_URL };
+const env = TEST_DATABASE_ENV;
 const schemas: string[] = [];
 const tables: string[] = [];
 
@@ -43,7 +43,7 @@ async function tableExists(name: string): Promise<boolean> {
 
 const migration = (sql: string, title: string) => ({
   environment: 'staging',
-  database: 'main_db',
+  database: 'staging_db',
   sql,
   title,
   reason: 'Exercising the runner on the real server.',
@@ -150,7 +150,7 @@ describe('one migration at a time per database', () => {
       );
       const waiting = await gate.status(second.request.id);
       expect(waiting).toMatchObject({ execution: 'running', final: false });
-      expect(waiting.progress).toContain('another migration on main_db runs first');
+      expect(waiting.progress).toContain('another migration on staging_db runs first');
       const [a, b] = await Promise.all(
         [first, second].map(({ request }) =>
           gate.waitForFinal(request.id, { timeoutMs: 20_000, tickMs: 100 }),
