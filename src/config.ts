@@ -309,6 +309,7 @@ export const ConfigSchema = z
 
 export type ConfigInput = z.input<typeof ConfigSchema>;
 export type ParsedConfig = z.infer<typeof ConfigSchema>;
+export type EnvironmentConfig = z.infer<typeof EnvironmentConfig>;
 
 /** The parsed config with every path made absolute against the config file's directory. */
 export interface Config extends ParsedConfig {

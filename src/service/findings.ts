@@ -15,6 +15,8 @@ import { NO_SCHEMA_FACTS, type SchemaFacts } from '../migration/schema-facts.js'
 export class Findings {
   readonly #config: Config;
   readonly #byId = new Map<string, RiskFinding[]>();
+  /** Requests this process judged at request time, with the catalog: their findings are those. */
+  readonly #atRequest = new Set<string>();
   /** Catalog facts at request time, kept for the results of this instance's own requests. */
   readonly #impact = new Map<string, readonly RelationFacts[]>();
 
@@ -38,7 +40,16 @@ export class Findings {
 
   remember(id: string, findings: RiskFinding[], impact: readonly RelationFacts[]): void {
     this.#byId.set(id, findings);
+    this.#atRequest.add(id);
     this.#impact.set(id, impact);
+  }
+
+  /**
+   * The findings this process judged when the request was made (from the command, with the live
+   * catalog), or null: kept in memory, they owe nothing to the record on disk.
+   */
+  judgedAtRequest(id: string): RiskFinding[] | null {
+    return this.#atRequest.has(id) ? (this.#byId.get(id) ?? null) : null;
   }
 
   impactOf(id: string): readonly RelationFacts[] {

@@ -16,10 +16,11 @@ import type { Logger } from '../log.js';
 import { analyseSql, assertExecutable, relationsOf, type Analysis } from '../migration/analyse.js';
 import { describeRelations } from '../migration/catalog.js';
 import { readSchemaFacts } from '../migration/schema-facts.js';
-import { RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
+import type { RiskFinding } from '../migration/risk-codes.js';
 import { assertDryRunIsDry } from '../migration/risks.js';
 import { formatTimestamp, wholeSeconds, type Clock } from '../time.js';
 import type { ChangeFeed } from './changes.js';
+import { assertRollbackFits, gateSchemas, policyVerdict, targetEnvironment } from './admission.js';
 import type { Findings } from './findings.js';
 import { validateMigrationFile } from './migration-file.js';
 import { MigrationRequestInput } from './request-input.js';
@@ -89,24 +90,12 @@ export class Requests {
     assertOneLine('title', input.title);
     for (const field of ['title', 'reason', 'sql', 'rollback_sql'] as const)
       assertVisible(field, input[field]);
-    const environment = this.#o.config.environments[input.environment];
-    if (!environment) {
-      throw new GateError(
-        'ENVIRONMENT_UNKNOWN',
-        `Environment "${input.environment}" is not configured. Allowed: ${Object.keys(this.#o.config.environments).join(', ')}.`,
-      );
-    }
-    if (!environment.databases.includes(input.database)) {
-      throw new GateError(
-        'DATABASE_NOT_ALLOWED',
-        `Environment "${input.environment}" does not include database "${input.database}". Allowed: ${environment.databases.join(', ')}.`,
-      );
-    }
+    const environment = targetEnvironment(this.#o.config, input.environment, input.database);
     const migrationFile = await validateMigrationFile(input.migration_file, this.#o.config);
     assertVisible('migration_file', migrationFile);
     const analysis = await analyseSql(input.sql);
-    const gateSchemas = [this.#o.config.ledger_schema, `${this.#o.config.ledger_schema}_backup`];
-    assertExecutable(analysis, { dryRun: input.dry_run, gateSchemas });
+    const schemas = gateSchemas(this.#o.config);
+    assertExecutable(analysis, { dryRun: input.dry_run, gateSchemas: schemas });
     // Refuse now, not after a human has spent time, when the target cannot be reached; the catalog
     // tells the risk rules what the database holds (types, constraints, rows, foreign tables).
     const target = this.#o.targets.get(input.database);
@@ -118,35 +107,16 @@ export class Requests {
     }));
     const { findings, locks } = this.#o.findings.assess(analysis, facts);
     assertDryRunIsDry(findings, { dryRun: input.dry_run });
-    const refused = findings.filter((f) => environment.risk_policy[f.code] === 'refuse');
-    if (refused.length > 0) {
-      throw new GateError(
-        'POLICY_REFUSED',
-        `The ${input.environment} policy refuses this migration: ` +
-          refused
-            .map((f) => `${RISK_TITLES[f.code]} (statement ${f.statement ?? 'all'}): ${f.message}`)
-            .join(' ') +
-          ' Nothing was written.',
-      );
-    }
-    const approvalsRequired = findings.some((f) => environment.risk_policy[f.code] === 'two_approvers')
-      ? 2
-      : 1;
-    if (input.rollback_sql !== undefined) {
-      const rollback = await analyseSql(input.rollback_sql).catch((error: unknown) => {
-        throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
-      });
-      // A dry run rehearses the rollback SQL too: it must be as executable and as dry as the SQL.
-      if (input.dry_run) {
-        try {
-          assertExecutable(rollback, { dryRun: true, gateSchemas });
-          assertDryRunIsDry(this.#o.findings.assess(rollback).findings, { dryRun: true });
-        } catch (error) {
-          if (error instanceof GateError) throw new GateError(error.code, `rollback_sql: ${error.message}`);
-          throw error;
-        }
-      }
-    }
+    const { approvalsRequired } = policyVerdict(
+      input.environment,
+      environment,
+      findings,
+      'Nothing was written.',
+    );
+    await assertRollbackFits(
+      { rollback_sql: input.rollback_sql ?? null, dry_run: input.dry_run },
+      { gateSchemas: schemas, findings: this.#o.findings },
+    );
     const created = wholeSeconds(this.#o.clock());
     const expires = new Date(created.getTime() + this.#o.config.expiry_minutes[input.priority] * 60_000);
     const command: MigrationCommand = {

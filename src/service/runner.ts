@@ -11,8 +11,10 @@ import { analyseSql, relationsOf, type Analysis } from '../migration/analyse.js'
 import { dumpTables, existingTables, pgDumpAvailable } from '../migration/backup.js';
 import { ExecutionAborted, type MigrationJob, type Sent } from '../migration/execute.js';
 import type { ExecutionResult } from '../migration/result.js';
-import { TIMEOUT_CHANGE_CODES } from '../migration/risk-codes.js';
+import { TIMEOUT_CHANGE_CODES, type RiskFinding } from '../migration/risk-codes.js';
+import { readSchemaFacts } from '../migration/schema-facts.js';
 import { formatTimestamp, type Clock } from '../time.js';
+import { readmit } from './admission.js';
 import type { ChangeFeed } from './changes.js';
 import type { FileView } from './file-view.js';
 import type { Findings } from './findings.js';
@@ -328,17 +330,25 @@ export class Runner {
         `The approval was given to ${decision.approval_id} (${decision.request_hash}), not to ${id}; nothing was run.`,
       );
     }
+    // The record is in the agent's reach: what it asks is judged again under the config as it is now.
+    const analysis = await analyseSql(command.sql);
+    const findings = this.#o.findings.judgedAtRequest(id) ?? (await this.#judgeNow(request, analysis));
+    const { approvalsRequired } = await readmit(
+      this.#o.config,
+      command,
+      { analysis, findings },
+      { findings: this.#o.findings, approversDecided: decision.second_approver === null ? 1 : 2 },
+    );
     const signers = signersOf(this.#o.config, command.environment);
     if (signers !== null) {
-      const signed = await recheckRecordedSignatures(decision, request, {
-        signers,
-        installation: this.#o.store.installation,
-      });
+      const signed = await recheckRecordedSignatures(
+        decision,
+        { ...request, approvals_required: approvalsRequired === 2 ? 2 : request.approvals_required },
+        { signers, installation: this.#o.store.installation },
+      );
       if (!signed.ok)
         throw new GateError(signed.code, `The approval is not signed as required: ${signed.message}`);
     }
-    const analysis = await analyseSql(command.sql);
-    const findings = await this.#o.findings.of(request);
     return {
       approvalId: id,
       requestHash: request.request_hash,
@@ -356,6 +366,18 @@ export class Runner {
           ? { sql: command.rollback_sql, statements: (await analyseSql(command.rollback_sql)).statements }
           : null,
     };
+  }
+
+  /**
+   * The findings of a request this process did not judge at request time (it was made before a
+   * restart, or by another process), judged now with the live catalog as a new request would be.
+   */
+  async #judgeNow(request: ApprovalRequest, analysis: Analysis): Promise<RiskFinding[]> {
+    const target = this.#o.targets.get(request.command.database);
+    const facts = await target.database.withClient((session) =>
+      readSchemaFacts(session, analysis.statements),
+    );
+    return this.#o.findings.assess(analysis, facts).findings;
   }
 
   /**

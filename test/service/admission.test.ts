@@ -1,0 +1,120 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Knex } from 'knex';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decideInFile } from '../../src/approvals/human-edit.js';
+import { renderApprovalFile } from '../../src/approvals/render.js';
+import { hashCommand, type ApprovalRequest } from '../../src/approvals/request.js';
+import { Pipeline } from '../../src/pipeline.js';
+import { silentLogger } from '../helpers/log.js';
+import { connectTestDatabase, TEST_DATABASE_ENV, uniqueName } from '../helpers/postgres.js';
+import { sampleContext } from '../helpers/requests.js';
+import { createWorkspace, type Workspace } from '../helpers/workspace.js';
+
+/*
+ * The agent runs as the server's user and can write the server's records in the state directory.
+ * Whatever it writes there, an approved request runs only if its command is one the agent could
+ * submit now, with as many approvers as the policy requires now: on the real server.
+ */
+
+let knex: Knex;
+let workspace: Workspace;
+const ledgerSchema = uniqueName('gate_admission');
+const victim = uniqueName('admission_victim');
+
+beforeAll(async () => {
+  knex = await connectTestDatabase();
+  await knex.schema.createTable(victim, (t) => t.integer('v'));
+  workspace = await createWorkspace({
+    ledger_schema: ledgerSchema,
+    environments: {
+      production: {
+        databases: ['main_db'],
+        risk_policy: { DROP_TABLE: 'refuse', TRUNCATE: 'two_approvers' },
+      },
+    },
+  });
+});
+
+afterAll(async () => {
+  await knex.schema.dropTableIfExists(victim);
+  await knex.raw('drop schema if exists ?? cascade', [ledgerSchema]);
+  await knex.destroy();
+});
+
+const open = () => Pipeline.open(workspace.config, { log: silentLogger, env: TEST_DATABASE_ENV });
+const recordFile = (id: string) => path.join(workspace.config.stateDir, 'records', `${id}.json`);
+
+async function rewriteRecord(
+  id: string,
+  change: (record: ApprovalRequest) => ApprovalRequest,
+): Promise<void> {
+  const record = JSON.parse(await readFile(recordFile(id), 'utf8')) as ApprovalRequest;
+  await writeFile(recordFile(id), JSON.stringify(change(record)));
+}
+
+const victimRows = async () =>
+  Number((await knex(victim).count<{ count: string }[]>('* as count'))[0]?.count);
+
+describe('a record the agent rewrote', () => {
+  it('with its hash recomputed, runs nothing the policy refuses', async () => {
+    const first = await open();
+    const { request } = await first.submit({
+      environment: 'production',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'Harmless',
+      reason: 'The agent will rewrite this record.',
+    });
+    await first.close();
+    // The agent rewrites command and hash alike, and renders the file from its record with the
+    // server's own renderer (no findings shown), so the file matches the record in every check.
+    const sql = `DROP TABLE ${victim}`;
+    let forged: ApprovalRequest | undefined;
+    await rewriteRecord(request.id, (record) => {
+      const command = { ...record.command, sql };
+      forged = { ...record, command, request_hash: hashCommand(command) };
+      return forged;
+    });
+    const file = path.join(workspace.config.approvalsDir, `${request.id}.md`);
+    if (forged) await writeFile(file, renderApprovalFile(forged, sampleContext));
+    const restarted = await open();
+    try {
+      await decideInFile(file, { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      const final = await restarted.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+      expect(final).toMatchObject({ final: true, execution: 'failed' });
+      expect(final.executionError).toMatch(/policy refuses this migration.*Nothing was run/);
+      expect(await knex.schema.hasTable(victim)).toBe(true);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it('with approvals_required lowered to one while the server was down, still needs the two approvers the policy requires', async () => {
+    await knex(victim).insert([{ v: 1 }, { v: 2 }]);
+    let pipeline = await open();
+    try {
+      const { request } = await pipeline.submit({
+        environment: 'production',
+        database: 'main_db',
+        sql: `TRUNCATE ${victim}`,
+        title: 'Empty the table',
+        reason: 'Needs two people by policy.',
+      });
+      expect(request.approvals_required).toBe(2);
+      // Outside the hashed command: the hash still matches. (A running server judges decisions
+      // by the request it made, in memory; a restarted one reads the record.)
+      await pipeline.close();
+      await rewriteRecord(request.id, (record) => ({ ...record, approvals_required: 1 }));
+      pipeline = await open();
+      await decideInFile(pipeline.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+      const final = await pipeline.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+      expect(final).toMatchObject({ final: true, execution: 'failed' });
+      expect(final.executionError).toMatch(/requires two approvers.*Nothing was run/);
+      expect(await victimRows()).toBe(2);
+    } finally {
+      await pipeline.close();
+      await knex(victim).delete();
+    }
+  });
+});
