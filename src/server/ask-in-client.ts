@@ -20,6 +20,12 @@ import { sendProgress, type ToolExtra } from './wait.js';
 /** Longer than this, the form would hide most of the SQL from view: the file is the place to read it. */
 export const MAX_QUESTION_CHARS = 20_000;
 
+/**
+ * How many times one call asks: a rejection without a reason is asked again, but a client that keeps
+ * sending one (a script, not a person) is not asked for ever; the file decides then.
+ */
+export const MAX_ASKS = 3;
+
 /** setTimeout's limit (about 24.8 days); no request waits that long, but a timer must not overflow. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -215,7 +221,7 @@ export async function askInClient(
     const client = server.server.getClientVersion();
     const clientName = client ? `${client.name} ${client.version}` : 'unnamed client';
     let note = '';
-    for (;;) {
+    for (let asked = 0; asked < MAX_ASKS; asked += 1) {
       const remainingMs = Math.min(Date.parse(request.expires_at) - Date.now(), MAX_TIMER_MS);
       if (remainingMs <= 0 || withdraw.signal.aborted) return;
       const result = await server.server.elicitInput(
@@ -243,6 +249,10 @@ export async function askInClient(
       await pipeline.answerInClient(id, decision, clientName);
       return;
     }
+    log.info(
+      { approval_id: id, asked: MAX_ASKS },
+      'no usable answer in the MCP client; the request stays pending',
+    );
   } catch (error) {
     if (!withdraw.signal.aborted)
       log.warn(

@@ -5,7 +5,7 @@ import { ElicitRequestSchema, type ElicitResult } from '@modelcontextprotocol/sd
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
-import { GUTTER } from '../../src/server/ask-in-client.js';
+import { GUTTER, MAX_ASKS } from '../../src/server/ask-in-client.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { decodeEntities, renderedText } from '../helpers/views.js';
@@ -146,6 +146,18 @@ describe('approve in the client', () => {
     expect(questions.at(-1)).toMatch(/^A rejection needs a reason/);
     expect(await tableExists('rejected_here')).toBe(false);
     expect(await frontMatter(outcome.file)).toMatchObject({ status: 'REJECTED', decided_via: 'mcp-client' });
+  });
+
+  it('a client that keeps rejecting without a reason is asked a few times, then the file decides', async () => {
+    const reasonless = answer({ decision: 'reject' });
+    answerers.push(...Array.from({ length: MAX_ASKS + 2 }, () => reasonless));
+    const before = questions.length;
+    const { outcome } = await asking.call('execute_migration', migration('asked_enough'));
+    expect(outcome.status).toBe('PENDING');
+    expect(questions.length - before).toBe(MAX_ASKS);
+    expect(await frontMatter(outcome.file)).toMatchObject({ status: 'PENDING' });
+    answerers.length = 0;
+    await asking.call('cancel_approval', { id: outcome.approval_id, reason: 'test over' });
   });
 
   it.each([
