@@ -5,7 +5,7 @@ import { ElicitRequestSchema, type ElicitResult } from '@modelcontextprotocol/sd
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseApprovalText } from '../../src/approvals/frontmatter.js';
 import { decideInFile } from '../../src/approvals/human-edit.js';
-import { GUTTER, MAX_ASKS } from '../../src/server/ask-in-client.js';
+import { GUTTER, MAX_ASKS, MAX_QUESTION_CHARS } from '../../src/server/ask-in-client.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
 import { decodeEntities, renderedText } from '../helpers/views.js';
@@ -156,6 +156,18 @@ describe('approve in the client', () => {
     expect(outcome.status).toBe('PENDING');
     expect(questions.length - before).toBe(MAX_ASKS);
     expect(await frontMatter(outcome.file)).toMatchObject({ status: 'PENDING' });
+    answerers.length = 0;
+    await asking.call('cancel_approval', { id: outcome.approval_id, reason: 'test over' });
+  });
+
+  it('asks nothing about a migration too long to read in a form: the file is the place', async () => {
+    answerers.push(answer({ decision: 'approve' }));
+    const before = questions.length;
+    const long = `SELECT 1;\n${`-- ${'padding '.repeat(12)}\n`.repeat(Math.ceil(MAX_QUESTION_CHARS / 100) + 1)}`;
+    expect(long.length).toBeGreaterThan(MAX_QUESTION_CHARS);
+    const { outcome } = await asking.call('execute_migration', { ...migration('too_long'), sql: long });
+    expect(outcome.status).toBe('PENDING');
+    expect(questions.length).toBe(before);
     answerers.length = 0;
     await asking.call('cancel_approval', { id: outcome.approval_id, reason: 'test over' });
   });
