@@ -549,6 +549,29 @@ describe('an outage does not burn an approval', () => {
   }, 30_000);
 });
 
+describe('answers in the MCP client', () => {
+  it('are refused where the environment does not take them, and the file stays as it was', async () => {
+    const { request } = await pipeline.submit({
+      environment: 'staging',
+      database: 'main_db',
+      sql: 'SELECT 1',
+      title: 'No answers in the client here',
+      reason: 'staging has no approve_in_client.',
+    });
+    const file = pipeline.filePath(request.id);
+    const before = await readFile(file, 'utf8');
+    await expect(
+      pipeline.answerInClient(request.id, { status: 'APPROVED' }, 'Some Client 1.0'),
+    ).rejects.toMatchObject({
+      code: 'CLIENT_ANSWER_REFUSED',
+      message: /does not take decisions in the MCP client/,
+    });
+    expect(await readFile(file, 'utf8')).toBe(before);
+    expect((await pipeline.status(request.id)).decision).toBeNull();
+    await pipeline.cancel(request.id, { by: 'agent', reason: 'done' });
+  });
+});
+
 describe('change notifications', () => {
   it('tells subscribers once per change, not twice', async () => {
     const { request } = await pipeline.submit({
