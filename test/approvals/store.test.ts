@@ -72,6 +72,34 @@ describe('approval store', () => {
   });
 });
 
+describe('security: state files someone else wrote', () => {
+  // The agent runs as the server's user: anything in the state directory may be garbage.
+  it('refuses a record, a decision or an outcome that is not what the server wrote, by name', async () => {
+    const { store, stateDir } = await freshStore();
+    const request = await store.create(draft, render);
+    const file = (dir: string) => path.join(stateDir, dir, `${request.id}.json`);
+    await writeFile(file('decisions'), '{"status": "APPROVED"');
+    await expect(store.readDecision(request.id)).rejects.toMatchObject({ code: 'DECISION_CORRUPT' });
+    await store.recordOutcome(request.id, { execution: 'failed', in_ledger: false, error: 'x', at: 'now' });
+    await writeFile(file('outcomes'), JSON.stringify({ execution: 'succeeded', in_ledger: false }));
+    await expect(store.readOutcome(request.id)).rejects.toMatchObject({ code: 'OUTCOME_CORRUPT' });
+    await writeFile(file('records'), 'not json');
+    await expect(store.readRequest(request.id)).rejects.toMatchObject({
+      code: 'RECORD_CORRUPT',
+      message: expect.stringContaining(request.id) as unknown,
+    });
+  });
+
+  it('refuses to open a state directory whose installation id is not one', async () => {
+    const { approvalsDir, stateDir } = await freshStore();
+    await writeFile(path.join(stateDir, 'installation'), 'copied-from-elsewhere\n');
+    await expect(ApprovalStore.open(approvalsDir, stateDir)).rejects.toMatchObject({
+      code: 'STATE_CORRUPT',
+      message: expect.stringContaining('does not hold an installation id') as unknown,
+    });
+  });
+});
+
 describe('security: reading approval files', () => {
   it('refuses a symlink in place of an approval file, even one pointing at an approved file', async () => {
     const { store, approvalsDir } = await freshStore();
