@@ -48,6 +48,8 @@ function trackRequest(session: Session, res: ServerResponse): void {
 }
 
 const MAX_BODY_BYTES = 1024 * 1024;
+/** How much of a body over the limit is read (and dropped) before the connection is cut. */
+const MAX_DRAINED_BYTES = 16 * MAX_BODY_BYTES;
 
 function reply(
   res: ServerResponse,
@@ -66,15 +68,28 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+/** A body that is not JSON is the client's error (400), one over the limit too (413); the rest are ours. */
+function httpStatusOf(error: unknown): number {
+  if (error instanceof SyntaxError) return 400;
+  if (error instanceof GateError && error.code === 'HTTP_BODY_TOO_LARGE') return 413;
+  return 500;
+}
+
+/**
+ * Reads a JSON body of at most 1 MiB. A larger one is read to its end and dropped, so that the client
+ * can read the 413 (a connection closed under its upload is all it would see otherwise), unless it
+ * goes on far past the limit: then the connection is cut.
+ */
 async function readJson(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES)
-      throw new GateError('HTTP_BODY_TOO_LARGE', 'The request body is larger than 1 MiB.');
-    chunks.push(chunk as Buffer);
+    if (size > MAX_DRAINED_BYTES) break;
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk as Buffer);
   }
+  if (size > MAX_BODY_BYTES)
+    throw new GateError('HTTP_BODY_TOO_LARGE', 'The request body is larger than 1 MiB.');
   const text = Buffer.concat(chunks).toString('utf8');
   return text === '' ? undefined : (JSON.parse(text) as unknown);
 }
@@ -198,13 +213,10 @@ export async function serveHttp(
         }
       }
     })().catch((error: unknown) => {
-      log.error({ err: describeError(error) }, 'HTTP request failed');
-      if (!res.headersSent)
-        reply(
-          res,
-          error instanceof SyntaxError ? 400 : 500,
-          error instanceof Error ? error.message : 'Internal error',
-        );
+      const status = httpStatusOf(error);
+      if (status < 500) log.warn({ err: describeError(error), status }, 'HTTP request refused');
+      else log.error({ err: describeError(error) }, 'HTTP request failed');
+      if (!res.headersSent) reply(res, status, error instanceof Error ? error.message : 'Internal error');
     });
   });
 

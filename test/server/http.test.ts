@@ -93,6 +93,38 @@ describe('security: Streamable HTTP', () => {
     expect(await rawPost({ ...headers, host: `evil.example:${port}` })).toBe(403);
     expect(await rawPost({ ...headers, host: `127.0.0.1:${port}` })).toBe(200);
   });
+
+  it('refuses a body over 1 MiB with 413 and one that is not JSON with 400, and serves on', async () => {
+    const post = (body: string) =>
+      fetch(handle.url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          accept: 'application/json, text/event-stream',
+          authorization: `Bearer ${TOKEN}`,
+        },
+        body,
+      });
+    const huge = await post(`{"padding": "${'x'.repeat(2 * 1024 * 1024)}"}`);
+    expect(huge.status).toBe(413);
+    expect(await huge.text()).toContain('larger than 1 MiB');
+    expect((await post('{"jsonrpc": "2.0", "id": 1, "method"')).status).toBe(400);
+    const client = await connect();
+    expect((await client.listTools()).tools.length).toBeGreaterThan(0);
+    await client.close();
+  });
+
+  it('never starts without a bearer token of at least 16 characters', async () => {
+    const saved = process.env.APPROVAL_GATE_TOKEN;
+    process.env.APPROVAL_GATE_TOKEN = 'short';
+    try {
+      await expect(serveHttp(workspace.config, silentLogger, { port: 0 })).rejects.toMatchObject({
+        code: 'HTTP_TOKEN_MISSING',
+      });
+    } finally {
+      process.env.APPROVAL_GATE_TOKEN = saved;
+    }
+  });
 });
 
 describe('sessions over HTTP', () => {
