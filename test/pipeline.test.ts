@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from './helpers/log.js';
 import { Pipeline } from '../src/pipeline.js';
 import { outcomeOfRefusal } from '../src/server/outcome.js';
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { updateFrontMatter } from '../src/approvals/frontmatter.js';
 import { decideInFile, saveAs } from '../src/approvals/human-edit.js';
 import { waitForFileText } from './helpers/files.js';
@@ -547,6 +547,21 @@ describe('an outage does not burn an approval', () => {
       await gate.close();
     }
   }, 30_000);
+});
+
+describe('a request that is not one', () => {
+  it('is refused with REQUEST_INVALID, naming each field, and writes nothing', async () => {
+    const before = await readdir(workspace.config.approvalsDir);
+    await expect(
+      pipeline.submit({
+        environment: 'staging',
+        database: 'main_db',
+        title: 'No SQL',
+        priority: 'urgent',
+      } as unknown as Parameters<Pipeline['submit']>[0]),
+    ).rejects.toMatchObject({ code: 'REQUEST_INVALID', message: /sql: .*priority: /s });
+    expect(await readdir(workspace.config.approvalsDir)).toEqual(before);
+  });
 });
 
 describe('answers in the MCP client', () => {
