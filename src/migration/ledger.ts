@@ -17,17 +17,36 @@ const RETRY_DELAYS_MS = [50, 100, 200, 400, 800] as const;
  * MigrationLocked, it does not wait); the one that lost waits and tries again, and then finds the
  * ledger made. knex is loaded only when there is something to migrate.
  */
-export async function prepareLedger(database: Database, schema: string): Promise<void> {
-  const deadline = Date.now() + CONCURRENT_PREPARE_WAIT_MS;
+export async function prepareLedger(
+  database: Database,
+  schema: string,
+  options: { readonly waitMs?: number } = {},
+): Promise<void> {
+  const deadline = Date.now() + (options.waitMs ?? CONCURRENT_PREPARE_WAIT_MS);
   for (let attempt = 0; ; attempt += 1) {
     try {
       await createOrUpgrade(database, schema);
       return;
     } catch (error) {
-      if (!preparedConcurrently(error) || Date.now() >= deadline) throw error;
+      if (!preparedConcurrently(error)) throw error;
+      if (Date.now() >= deadline) throw stillLocked(error, schema);
       await sleep(RETRY_DELAYS_MS[Math.min(attempt, RETRY_DELAYS_MS.length - 1)]);
     }
   }
+}
+
+/**
+ * knex's migration lock held past the wait: another gate is migrating still, or one died while it
+ * was, and then the lock stays until someone releases it. Says how.
+ */
+function stillLocked(error: Error, schema: string): Error {
+  if (error.name !== 'MigrationLocked') return error;
+  return new Error(
+    `knex's migration lock ("${schema}".knex_migrations_lock) is still held: another gate is upgrading this ` +
+      'ledger, or one stopped while it was. If no gate is starting, release it with: ' +
+      `UPDATE "${schema}".knex_migrations_lock SET is_locked = 0`,
+    { cause: error },
+  );
 }
 
 async function createOrUpgrade(database: Database, schema: string): Promise<void> {
@@ -61,7 +80,7 @@ async function appliedMigrations(session: SqlSession, schema: string): Promise<S
 const LOST_CREATE_RACE = new Set(['23505', '42P06', '42P07']);
 
 /** An error another gate's preparation of the same ledger causes, which waiting resolves. */
-function preparedConcurrently(error: unknown): boolean {
+function preparedConcurrently(error: unknown): error is Error {
   if (!(error instanceof Error)) return false;
   // knex's LockError: another migrator holds knex_migrations_lock.
   if (error.name === 'MigrationLocked') return true;

@@ -38,4 +38,22 @@ describe('the ledger', () => {
       expect(applied.map((row: { name: string }) => row.name)).toEqual([...GATE_MIGRATION_NAMES]);
     }
   });
+
+  it('says how to release a migration lock left by a gate that stopped while upgrading it', async () => {
+    const schema = uniqueName('gate_ledger_stuck');
+    schemas.push(schema);
+    const gate = openTestDatabase();
+    try {
+      await prepareLedger(gate, schema);
+      // A gate died in the middle of an upgrade: its lock stays, a migration is still to run.
+      const last = GATE_MIGRATION_NAMES.at(-1) ?? '';
+      await knex.withSchema(schema).from('knex_migrations').where({ name: last }).delete();
+      await knex.withSchema(schema).from('knex_migrations_lock').update({ is_locked: 1 });
+      await expect(prepareLedger(gate, schema, { waitMs: 300 })).rejects.toThrow(
+        `release it with: UPDATE "${schema}".knex_migrations_lock SET is_locked = 0`,
+      );
+    } finally {
+      await gate.close();
+    }
+  });
 });
