@@ -286,7 +286,14 @@ export class Runner {
       job = await this.#prepare(request, decision);
     } catch (error) {
       clearTimeout(showRunning);
-      await this.#endedWithout(request, decision, 'nothing', error);
+      // A request resumed after a crash may have run before it: then the ledger's word stands, not
+      // this refusal (which may come from a config changed since, or a record rewritten since).
+      const recorded = await this.#o.targets
+        .get(command.database)
+        .executor.lookup(id, request.request_hash)
+        .catch(() => null);
+      if (recorded) await this.#ended(request, decision, recorded, false);
+      else await this.#endedWithout(request, decision, 'nothing', error);
       return;
     }
     let run;

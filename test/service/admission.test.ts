@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,7 +7,7 @@ import { renderApprovalFile } from '../../src/approvals/render.js';
 import { hashCommand, type ApprovalRequest } from '../../src/approvals/request.js';
 import { Pipeline } from '../../src/pipeline.js';
 import { silentLogger } from '../helpers/log.js';
-import { connectTestDatabase, TEST_DATABASE_ENV, uniqueName } from '../helpers/postgres.js';
+import { columnsOf, connectTestDatabase, TEST_DATABASE_ENV, uniqueName } from '../helpers/postgres.js';
 import { sampleContext } from '../helpers/requests.js';
 import { createWorkspace, type Workspace } from '../helpers/workspace.js';
 
@@ -55,6 +55,45 @@ async function rewriteRecord(
 
 const victimRows = async () =>
   Number((await knex(victim).count<{ count: string }[]>('* as count'))[0]?.count);
+
+describe('a request that ran before a crash', () => {
+  it('keeps the result the ledger holds, even where the config would not admit it now', async () => {
+    const column = uniqueName('c');
+    const first = await open();
+    const { request } = await first.submit({
+      environment: 'production',
+      database: 'main_db',
+      sql: `ALTER TABLE ${victim} ADD COLUMN ${column} int`,
+      title: 'Ran before the crash',
+      reason: 'The outcome was not recorded in the state directory.',
+    });
+    await decideInFile(first.filePath(request.id), { status: 'APPROVED', decidedBy: 'Dana Reyes' });
+    const ran = await first.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+    expect(ran.execution).toBe('succeeded');
+    await first.close();
+    // The crash came after the commit, before the outcome file; then the policy was tightened.
+    await rm(path.join(workspace.config.stateDir, 'outcomes', `${request.id}.json`));
+    const production = workspace.config.environments.production;
+    if (!production) throw new Error('no production environment');
+    const tightened = {
+      ...workspace.config,
+      environments: {
+        production: {
+          ...production,
+          risk_policy: { ...production.risk_policy, LOCK_TIMEOUT_ENFORCED: 'refuse' as const },
+        },
+      },
+    };
+    const restarted = await Pipeline.open(tightened, { log: silentLogger, env: TEST_DATABASE_ENV });
+    try {
+      const final = await restarted.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+      expect(final).toMatchObject({ final: true, execution: 'succeeded', executionError: null });
+      expect(await columnsOf(knex, victim)).toContain(column);
+    } finally {
+      await restarted.close();
+    }
+  });
+});
 
 describe('a record the agent rewrote', () => {
   it('with its hash recomputed, runs nothing the policy refuses', async () => {
