@@ -288,10 +288,14 @@ export class Runner {
       clearTimeout(showRunning);
       // A request resumed after a crash may have run before it: then the ledger's word stands, not
       // this refusal (which may come from a config changed since, or a record rewritten since).
-      const recorded = await this.#o.targets
-        .get(command.database)
-        .executor.lookup(id, request.request_hash)
-        .catch(() => null);
+      // (An outage is waited out and the request tried again, which asks the ledger then.)
+      const outage = error instanceof GateError && OUTAGE_CODES.includes(error.code);
+      const recorded = outage
+        ? null
+        : await this.#o.targets
+            .get(command.database)
+            .executor.lookup(id, request.request_hash)
+            .catch(() => null);
       if (recorded) await this.#ended(request, decision, recorded, false);
       else await this.#endedWithout(request, decision, 'nothing', error);
       return;

@@ -180,6 +180,15 @@ function mergeLocks(into: LockFacts, from: LockFacts): void {
   }
 }
 
+/**
+ * Returns once the backend has finished aborting the failed transaction. Postgres sends the error
+ * before it aborts (and releases the locks), so pg_locks read at once may still show them on a busy
+ * machine; a further query is answered only after the abort (it fails: the block is aborted).
+ */
+async function abortDone(session: pg.Client): Promise<void> {
+  await session.query('select 1').catch(() => undefined);
+}
+
 /** The relation locks `pid` holds or awaits, on relations that existed before the migration. */
 async function locksOf(pid: number, before: ReadonlyMap<string, Relation>): Promise<LockFacts> {
   const { rows } = await observer.query<{ relation: string; mode: LockMode }>(
@@ -275,6 +284,7 @@ async function runTransactional(
     try {
       await session.query(statement);
     } catch (error) {
+      await abortDone(session);
       const locks = await locksOf(pid, before);
       await session.query('rollback');
       return { locks, failedWith: sqlstateOf(error), settings: await settingsOf(session, settingNames) };
@@ -305,6 +315,7 @@ async function runStepByStep(
       continue;
     } catch (error) {
       if (sqlstateOf(error) !== '25001') {
+        await abortDone(session);
         mergeLocks(locks, await locksOf(pid, before));
         await session.query('rollback');
         return { locks, failedWith: sqlstateOf(error), settings: await settingsOf(session, settingNames) };
