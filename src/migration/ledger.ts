@@ -76,8 +76,12 @@ async function appliedMigrations(session: SqlSession, schema: string): Promise<S
   return new Set(rows.map((row) => String(row.name)));
 }
 
-/** SQLSTATEs of a create that lost a race: unique_violation (catalog), duplicate_schema, duplicate_table. */
-const LOST_CREATE_RACE = new Set(['23505', '42P06', '42P07']);
+/**
+ * SQLSTATEs of a create that lost a race with the same create: unique_violation (on a catalog),
+ * duplicate_schema, duplicate_table, duplicate_object (the table's row type); and deadlock_detected,
+ * which two transactions creating in one schema can meet.
+ */
+const LOST_CREATE_RACE = new Set(['23505', '42P06', '42P07', '42710', '40P01']);
 
 /** An error another gate's preparation of the same ledger causes, which waiting resolves. */
 function preparedConcurrently(error: unknown): error is Error {

@@ -23,7 +23,7 @@ afterAll(async () => {
 
 describe('the ledger', () => {
   it('is made once when several gates prepare it at the same moment, and none of them fails', async () => {
-    for (let round = 0; round < 3; round += 1) {
+    for (let round = 0; round < 8; round += 1) {
       const schema = uniqueName('gate_ledger_race');
       schemas.push(schema);
       // Each gate its own pool, as separate server processes have.
