@@ -25,7 +25,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { openPgDatabase } from '../src/db/index.js';
 import { analyseSql } from '../src/migration/analyse.js';
-import { ADVISORY_LOCK_NAMESPACE, Executor, advisoryLockKey } from '../src/migration/execute.js';
+import { ADVISORY_LOCK_NAMESPACE, advisoryLockKey } from '../src/migration/advisory-locks.js';
+import { Executor } from '../src/migration/execute.js';
 import { integerOption, loopbackDatabaseUrl, percentile, runMain, say, table, UsageError } from './common.js';
 
 /** The real server on this machine, as in the tests. */

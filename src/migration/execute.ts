@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { withAdvisoryLock, withTransaction, type Database, type SqlSession } from '../db/index.js';
@@ -7,6 +6,7 @@ import { crashPoint } from '../faults.js';
 import { ExecutionAborted, sentByFailedCommit, type Sent } from './aborted.js';
 import { lineAndColumn, relationsOf, type AnalysedStatement } from './analyse.js';
 import { existingTables, tableCopyRecord, tableCopyStatements } from './backup.js';
+import { executionLockKeys } from './advisory-locks.js';
 import { prepareLedger } from './ledger.js';
 import { ExecutionResult, type BackupInfo, type ExecutionError } from './result.js';
 import { readWatchedSettings, settingsBreach, withJobSession, type WatchedSettings } from './session.js';
@@ -104,19 +104,6 @@ export function retryDelayMs(
 export interface ExecutionRun {
   readonly result: ExecutionResult;
   readonly ranHere: boolean;
-}
-
-/** First key of every advisory lock this gate takes ('APRG'), so it cannot collide with others' locks. */
-export const ADVISORY_LOCK_NAMESPACE = 0x41505247;
-
-/** Second key: a stable 32-bit hash of the approval id. A collision only serialises two executions. */
-export function advisoryLockKey(approvalId: string): number {
-  return createHash('sha256').update(approvalId).digest().readInt32BE(0);
-}
-
-/** The advisory lock that serialises runs of one approval of one installation. */
-export function executionLockKeys(installation: string, approvalId: string): [number, number] {
-  return [ADVISORY_LOCK_NAMESPACE, advisoryLockKey(`${installation}/${approvalId}`)];
 }
 
 /** Statements whose row count means rows changed; for DDL drivers report 0 or null, which says nothing. */

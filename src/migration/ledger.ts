@@ -12,10 +12,10 @@ const RETRY_DELAYS_MS = [50, 100, 200, 400, 800] as const;
 
 /**
  * Creates or upgrades the gate's own tables (migrations/) in `schema`. Two gates preparing one
- * ledger at once collide in Postgres (`create schema if not exists` and knex's `create table` are
- * check-then-create: one gets a duplicate-key error) and in knex's migration lock (one gets
- * MigrationLocked, it does not wait); the one that lost waits and tries again, and then finds the
- * ledger made. knex is loaded only when there is something to migrate.
+ * ledger at once collide in Postgres (`create … if not exists` is check-then-create: one gets a
+ * duplicate-key error) and in knex's migration lock (one gets MigrationLocked, it does not wait);
+ * the one that lost waits and tries again, and then finds the ledger made. knex is loaded only when
+ * there is something to migrate.
  */
 export async function prepareLedger(
   database: Database,
@@ -53,6 +53,25 @@ async function createOrUpgrade(database: Database, schema: string): Promise<void
   // First contact goes through withClient: no connection at all is DATABASE_UNREACHABLE.
   const applied = await database.withClient(async (session) => {
     await session.query(`create schema if not exists "${schema}"`);
+    // As knex creates them (table-creator.js), so that knex finds them made; and the lock row, of
+    // which two gates that both found the table empty each inserted one, as knex does (with two
+    // rows, knex's lock can never be taken). The second row goes: with two rows the lock was never
+    // taken, so both say 0.
+    await session.query(
+      `create table if not exists "${schema}".knex_migrations ` +
+        '(id serial primary key, name varchar(255), batch integer, migration_time timestamptz)',
+    );
+    await session.query(
+      `create table if not exists "${schema}".knex_migrations_lock (index serial primary key, is_locked integer)`,
+    );
+    await session.query(
+      `insert into "${schema}".knex_migrations_lock (is_locked) ` +
+        `select 0 where not exists (select from "${schema}".knex_migrations_lock)`,
+    );
+    await session.query(
+      `delete from "${schema}".knex_migrations_lock ` +
+        `where index > (select min(index) from "${schema}".knex_migrations_lock)`,
+    );
     return appliedMigrations(session, schema);
   });
   if (GATE_MIGRATION_NAMES.every((name) => applied.has(name))) return;

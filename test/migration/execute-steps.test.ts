@@ -2,7 +2,8 @@ import type { Knex } from 'knex';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { analyseSql } from '../../src/migration/analyse.js';
 import type { Database } from '../../src/db/index.js';
-import { executionLockKeys, Executor, type MigrationJob } from '../../src/migration/execute.js';
+import { executionLockKeys } from '../../src/migration/advisory-locks.js';
+import { Executor, type MigrationJob } from '../../src/migration/execute.js';
 import { connectTestDatabase, openTestDatabase, uniqueName } from '../helpers/postgres.js';
 
 /* Migrations with statements Postgres refuses inside a transaction, on the real server. */

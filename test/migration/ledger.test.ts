@@ -39,6 +39,27 @@ describe('the ledger', () => {
     }
   });
 
+  it('repairs the second lock row two gates could once insert, which left knex unable to lock', async () => {
+    const schema = uniqueName('gate_ledger_rows');
+    schemas.push(schema);
+    await knex.raw(`create schema "${schema}"`);
+    await knex.raw(
+      `create table "${schema}".knex_migrations_lock (index serial primary key, is_locked integer)`,
+    );
+    await knex.raw(`insert into "${schema}".knex_migrations_lock (is_locked) values (0), (0)`);
+    const gate = openTestDatabase();
+    try {
+      await prepareLedger(gate, schema, { waitMs: 1000 });
+    } finally {
+      await gate.close();
+    }
+    expect(await knex.withSchema(schema).from('knex_migrations_lock').select('is_locked')).toEqual([
+      { is_locked: 0 },
+    ]);
+    const applied = await knex.withSchema(schema).select('name').from('knex_migrations');
+    expect(applied.map((row: { name: string }) => row.name)).toEqual([...GATE_MIGRATION_NAMES]);
+  });
+
   it('says how to release a migration lock left by a gate that stopped while upgrading it', async () => {
     const schema = uniqueName('gate_ledger_stuck');
     schemas.push(schema);
