@@ -236,7 +236,9 @@ export class ApprovalTasks implements TaskStore {
     const ids = (await pipeline.list()).map((summary) => summary.approval_id).sort();
     const start = cursor === undefined ? 0 : ids.findIndex((id) => id > cursor);
     const page = start === -1 ? [] : ids.slice(start, start + PAGE_SIZE);
-    const tasks = (await Promise.all(page.map((id) => this.getTask(id)))).filter(
+    // A request that became unreadable since list() (a record rewritten meanwhile) is left out, as
+    // list() leaves it out, rather than failing the whole page.
+    const tasks = (await Promise.all(page.map((id) => this.getTask(id).catch(() => null)))).filter(
       (t): t is Task => t !== null,
     );
     const last = page.at(-1);
