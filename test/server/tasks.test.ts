@@ -8,6 +8,10 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { decideInFile } from '../../src/approvals/human-edit.js';
+import { GateError } from '../../src/errors.js';
+import { Pipeline } from '../../src/pipeline.js';
+import { ApprovalTasks } from '../../src/server/tasks.js';
+import { silentLogger } from '../helpers/log.js';
 import type { ToolOutcome } from '../../src/server/outcome.js';
 import { startStdioServer, type StdioSession } from '../helpers/mcp.js';
 import { connectTestDatabase, uniqueName, TEST_DATABASE_ENV } from '../helpers/postgres.js';
@@ -244,5 +248,43 @@ describe('MCP tasks', () => {
       decided_by: 'Lee Park',
     });
     expect(questions).toEqual([]);
+  });
+});
+
+describe('tasks/list', () => {
+  it('leaves out a request that became unreadable after it was listed, and lists the rest', async () => {
+    const pipeline = await Pipeline.open(workspace.config, { log: silentLogger, env: TEST_DATABASE_ENV });
+    const ids: string[] = [];
+    try {
+      for (const title of ['Listed and readable', 'Listed, then unreadable']) {
+        const { request } = await pipeline.submit({ ...migration(uniqueName('listed')), title });
+        ids.push(request.id);
+      }
+      const [readable, unreadable] = ids;
+      const status = pipeline.status.bind(pipeline);
+      vi.spyOn(pipeline, 'status').mockImplementation((id) =>
+        id === unreadable
+          ? Promise.reject(new GateError('RECORD_TAMPERED', `${id} was rewritten`))
+          : status(id),
+      );
+      const tasks = new ApprovalTasks({
+        config: workspace.config,
+        pipeline: () => Promise.resolve(pipeline),
+      });
+      const listed: string[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await tasks.listTasks(cursor);
+        listed.push(...page.tasks.map((task) => task.taskId));
+        cursor = page.nextCursor;
+      } while (cursor !== undefined);
+      expect(listed).toContain(readable);
+      expect(listed).not.toContain(unreadable);
+      tasks.close();
+    } finally {
+      vi.restoreAllMocks();
+      for (const id of ids) await pipeline.cancel(id, { by: 'agent', reason: 'test over' });
+      await pipeline.close();
+    }
   });
 });
