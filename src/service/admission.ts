@@ -93,14 +93,19 @@ export async function assertRollbackFits(
  * Just before an approved request runs: its command must still be one the agent could submit now
  * (environment and database, nothing invisible, executable, a dry run that stays dry, nothing the
  * policy refuses), and the decision must have as many approvers as the policy requires now,
- * whatever the record says. `findings` are the request-time judgement this process made, or a new
+ * whatever the record says; an approval made by require_approval (no person) stands only where
+ * require_approval still makes it. `findings` are the request-time judgement this process made, or a new
  * one with the live catalog; `analysis` is the command's SQL parsed again.
  */
 export async function readmit(
   config: Config,
   command: MigrationCommand,
   judged: { readonly analysis: Analysis; readonly findings: readonly RiskFinding[] },
-  options: { readonly findings: Findings; readonly approversDecided: 1 | 2 },
+  options: {
+    readonly findings: Findings;
+    /** How many people approved it: none where the environment's require_approval did. */
+    readonly approversDecided: 0 | 1 | 2;
+  },
 ): Promise<{ readonly approvalsRequired: 1 | 2 }> {
   const settings = targetEnvironment(config, command.environment, command.database);
   assertVisible('sql', command.sql);
@@ -115,7 +120,19 @@ export async function readmit(
     judged.findings,
     'Nothing was run.',
   );
-  if (approvalsRequired > options.approversDecided) {
+  if (options.approversDecided === 0) {
+    // Approved by the policy, not a person: the policy must still say so.
+    const byPolicy =
+      settings.require_approval === 'never' ||
+      (settings.require_approval === 'not_for_dry_runs' && command.dry_run);
+    if (!byPolicy) {
+      throw new GateError(
+        'HUMAN_DECISION_REQUIRED',
+        `The ${command.environment} environment requires a person's approval for this migration ` +
+          `(require_approval: ${settings.require_approval}), and the recorded approval names nobody. Nothing was run.`,
+      );
+    }
+  } else if (approvalsRequired > options.approversDecided) {
     throw new GateError(
       'APPROVERS_TOO_FEW',
       `The ${command.environment} policy requires two approvers for this migration, and one approved it ` +

@@ -348,7 +348,10 @@ export class Runner {
       this.#o.config,
       command,
       { analysis, findings },
-      { findings: this.#o.findings, approversDecided: decision.second_approver === null ? 1 : 2 },
+      {
+        findings: this.#o.findings,
+        approversDecided: decision.decided_by === null ? 0 : decision.second_approver === null ? 1 : 2,
+      },
     );
     const signers = signersOf(this.#o.config, command.environment);
     if (signers !== null) {

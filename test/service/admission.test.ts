@@ -32,6 +32,11 @@ beforeAll(async () => {
         databases: ['main_db'],
         risk_policy: { DROP_TABLE: 'refuse', TRUNCATE: 'two_approvers' },
       },
+      dev: {
+        databases: ['dev_db'],
+        require_approval: 'not_for_dry_runs',
+        risk_policy: { TRUNCATE: 'two_approvers' },
+      },
     },
   });
 });
@@ -153,6 +158,69 @@ describe('a record the agent rewrote', () => {
       expect(await victimRows()).toBe(2);
     } finally {
       await pipeline.close();
+      await knex(victim).delete();
+    }
+  });
+});
+
+describe('an approval no person made', () => {
+  it('runs where require_approval makes it, whatever the risk policy asks of people', async () => {
+    await knex(victim).insert([{ v: 1 }]);
+    const pipeline = await open();
+    try {
+      const { request } = await pipeline.submit({
+        environment: 'dev',
+        database: 'dev_db',
+        sql: `TRUNCATE ${victim}`,
+        dry_run: true,
+        title: 'Rehearse emptying the table',
+        reason: 'Dry runs need no person in dev.',
+      });
+      expect(request.approvals_required).toBe(2);
+      const final = await pipeline.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+      expect(final).toMatchObject({ execution: 'rolled_back', decision: { decided_by: null } });
+      expect(await victimRows()).toBe(1);
+    } finally {
+      await pipeline.close();
+      await knex(victim).delete();
+    }
+  });
+
+  it('written into the state directory where a person must decide, runs nothing', async () => {
+    const first = await open();
+    const { request } = await first.submit({
+      environment: 'production',
+      database: 'main_db',
+      sql: `DELETE FROM ${victim} WHERE v > 0`,
+      title: 'Needs a person',
+      reason: 'production requires approval.',
+    });
+    await first.close();
+    await knex(victim).insert([{ v: 1 }]);
+    // The agent records an approval "by policy" for its own request.
+    const decision = {
+      approval_id: request.id,
+      request_hash: request.request_hash,
+      status: 'APPROVED',
+      decided_by: null,
+      decided_at: new Date().toISOString(),
+      claimed_decided_at: null,
+      second_approver: null,
+      reason: 'No human approval needed.',
+      signatures: [],
+    };
+    await writeFile(
+      path.join(workspace.config.stateDir, 'decisions', `${request.id}.json`),
+      JSON.stringify(decision),
+    );
+    const restarted = await open();
+    try {
+      const final = await restarted.waitForFinal(request.id, { timeoutMs: 15_000, tickMs: 50 });
+      expect(final).toMatchObject({ final: true, execution: 'failed' });
+      expect(final.executionError).toMatch(/requires a person's approval.*Nothing was run/);
+      expect(await victimRows()).toBe(1);
+    } finally {
+      await restarted.close();
       await knex(victim).delete();
     }
   });
