@@ -439,8 +439,8 @@ function crossReferenceIssues(input: unknown): string[] {
 
 /**
  * Each database belongs to exactly one environment, under one name. The agent names the environment
- * of its request: a database listed by two environments, or reached under two names (the same
- * connection variable, the same embedded data directory) from two, would let it pick the weaker
+ * of its request: a database listed by two environments, or one database under two names (the same
+ * connection variable, the same embedded data directory) listed by two, would let it pick the weaker
  * environment's policy (no signatures, no approvers list, an auto-approval, a risk finding allowed)
  * for the other's database, and the file would show the weaker environment's name to the reviewer.
  */
