@@ -1,7 +1,7 @@
 import { assertVisible } from '../approvals/invisible.js';
 import type { MigrationCommand } from '../approvals/request.js';
 import type { Config, EnvironmentConfig } from '../config.js';
-import { GateError } from '../errors.js';
+import { describeError, GateError } from '../errors.js';
 import { analyseSql, assertExecutable, type Analysis } from '../migration/analyse.js';
 import { RISK_TITLES, type RiskFinding } from '../migration/risk-codes.js';
 import { assertDryRunIsDry } from '../migration/risks.js';
@@ -66,20 +66,17 @@ export function policyVerdict(
 
 /**
  * The rollback SQL parses; in a dry run, which rehearses it too, it must be as executable and as dry
- * as the SQL.
+ * as the SQL. Returns its analysis (null without rollback SQL).
  */
 export async function assertRollbackFits(
   command: Pick<MigrationCommand, 'rollback_sql' | 'dry_run'>,
   options: { readonly gateSchemas: readonly string[]; readonly findings: Findings },
-): Promise<void> {
-  if (command.rollback_sql === null) return;
+): Promise<Analysis | null> {
+  if (command.rollback_sql === null) return null;
   const rollback = await analyseSql(command.rollback_sql).catch((error: unknown) => {
-    throw new GateError(
-      'ROLLBACK_SQL_INVALID',
-      `rollback_sql: ${error instanceof Error ? error.message : String(error)}`,
-    );
+    throw new GateError('ROLLBACK_SQL_INVALID', `rollback_sql: ${describeError(error)}`);
   });
-  if (!command.dry_run) return;
+  if (!command.dry_run) return rollback;
   try {
     assertExecutable(rollback, { dryRun: true, gateSchemas: options.gateSchemas });
     assertDryRunIsDry(options.findings.assess(rollback).findings, { dryRun: true });
@@ -87,6 +84,7 @@ export async function assertRollbackFits(
     if (error instanceof GateError) throw new GateError(error.code, `rollback_sql: ${error.message}`);
     throw error;
   }
+  return rollback;
 }
 
 /**
@@ -94,8 +92,9 @@ export async function assertRollbackFits(
  * (environment and database, nothing invisible, executable, a dry run that stays dry, nothing the
  * policy refuses), and the decision must have as many approvers as the policy requires now,
  * whatever the record says; an approval made by require_approval (no person) stands only where
- * require_approval still makes it. `findings` are the request-time judgement this process made, or a new
- * one with the live catalog; `analysis` is the command's SQL parsed again.
+ * require_approval still makes it. `findings` are the request-time judgement this process made, or
+ * a new one with the live catalog; `analysis` is the command's SQL parsed again. Returns the
+ * approvers the policy requires and the rollback SQL's analysis.
  */
 export async function readmit(
   config: Config,
@@ -106,14 +105,14 @@ export async function readmit(
     /** How many people approved it: none where the environment's require_approval did. */
     readonly approversDecided: 0 | 1 | 2;
   },
-): Promise<{ readonly approvalsRequired: 1 | 2 }> {
+): Promise<{ readonly approvalsRequired: 1 | 2; readonly rollback: Analysis | null }> {
   const settings = targetEnvironment(config, command.environment, command.database);
   assertVisible('sql', command.sql);
   if (command.rollback_sql !== null) assertVisible('rollback_sql', command.rollback_sql);
   const schemas = gateSchemas(config);
   assertExecutable(judged.analysis, { dryRun: command.dry_run, gateSchemas: schemas });
   assertDryRunIsDry([...judged.findings], { dryRun: command.dry_run });
-  await assertRollbackFits(command, { gateSchemas: schemas, findings: options.findings });
+  const rollback = await assertRollbackFits(command, { gateSchemas: schemas, findings: options.findings });
   const { approvalsRequired } = policyVerdict(
     command.environment,
     settings,
@@ -139,5 +138,5 @@ export async function readmit(
         "(the server's record of the request said one was enough: it was changed, or the policy was). Nothing was run; submit a new request.",
     );
   }
-  return { approvalsRequired };
+  return { approvalsRequired, rollback };
 }

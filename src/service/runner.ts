@@ -344,7 +344,7 @@ export class Runner {
     // The record is in the agent's reach: what it asks is judged again under the config as it is now.
     const analysis = await analyseSql(command.sql);
     const findings = this.#o.findings.judgedAtRequest(id) ?? (await this.#judgeNow(request, analysis));
-    const { approvalsRequired } = await readmit(
+    const { approvalsRequired, rollback } = await readmit(
       this.#o.config,
       command,
       { analysis, findings },
@@ -376,8 +376,8 @@ export class Runner {
       ),
       backup: await this.#planBackup(request, analysis),
       rollback:
-        command.dry_run && command.rollback_sql !== null
-          ? { sql: command.rollback_sql, statements: (await analyseSql(command.rollback_sql)).statements }
+        command.dry_run && command.rollback_sql !== null && rollback !== null
+          ? { sql: command.rollback_sql, statements: rollback.statements }
           : null,
     };
   }
